@@ -1,0 +1,1 @@
+"""Bitrix24 adapter."""

@@ -1,0 +1,1 @@
+"""crm-retention connector: config, errors, HTTP, mirror, push, scheduler and CLI."""
