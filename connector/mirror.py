@@ -1,0 +1,325 @@
+"""The local SQLite mirror: exactly what the CRM holds, plus what we noticed about it.
+
+Tables (schema in ``docs/mirror.md``)::
+
+    contacts    one row per CRM contact; deleted ones stay with deleted_at set
+    deals       one row per CRM deal (status 'open' | 'won' | 'lost')
+    companies   one row per CRM company
+    sync_state  one row per entity: watermark, resume cursor, last runs
+    sync_runs   one row per entity per sync run: the counts a summary shows
+    rejects     records that could not be mirrored (or were kept with a field dropped)
+
+Every page of rows is written in one transaction together with the sync-state row
+that covers it, so a crash between pages leaves a mirror that a re-run completes.
+The database file is created with mode 0600: it holds other people's customers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from connector.errors import MirrorError
+
+__all__ = [
+    "ENTITY_TABLES",
+    "Mirror",
+    "Reject",
+    "SyncState",
+]
+
+ENTITY_TABLES = ("contacts", "deals", "companies")
+
+migrations = Migrations("crm_retention.mirror")
+
+
+@migrations()
+def m001_entities(db: Database) -> None:
+    """Create the pinned entity tables, sync state, runs and rejects."""
+    common = {"created_at": str, "updated_at": str, "deleted_at": str, "raw": str}
+    db.table("contacts").create(
+        {"id": int, "name": str, "phones": str, "emails": str, "birthday": str,
+         "responsible_id": int, **common},
+        pk="id",
+    )
+    db.table("deals").create(
+        {"id": int, "contact_id": int, "company_id": int, "title": str, "amount": float,
+         "currency": str, "status": str, "stage_id": str, "category_id": str,
+         "responsible_id": int, "created_at": str, "closed_at": str, "updated_at": str,
+         "deleted_at": str, "raw": str},
+        pk="id",
+    )
+    db.table("companies").create(
+        {"id": int, "title": str, "responsible_id": int, **common},
+        pk="id",
+    )
+    db.table("deals").create_index(["contact_id"])
+    db.table("deals").create_index(["company_id"])
+    db.table("sync_state").create(
+        {"entity": str, "watermark": str, "pending_watermark": str, "resume_after_id": int,
+         "last_started_at": str, "last_finished_at": str, "last_full_reconcile_at": str,
+         "last_status": str, "last_error": str},
+        pk="entity",
+    )
+    db.table("sync_runs").create(
+        {"id": int, "entity": str, "started_at": str, "finished_at": str, "status": str,
+         "fetched": int, "upserted": int, "deleted": int, "rejected": int, "requests": int,
+         "limit_hits": int, "retries": int, "error": str},
+        pk="id",
+    )
+    db.table("rejects").create(
+        {"entity": str, "id": str, "reason": str, "action": str, "raw": str, "seen_at": str},
+        pk=("entity", "id"),
+    )
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """Where one entity's sync stands. Pure data: ``connector.sync`` advances it."""
+
+    entity: str
+    watermark: str | None = None  # server time of the last complete run (inclusive bound)
+    pending_watermark: str | None = None  # server time at the start of an unfinished run
+    resume_after_id: int = 0  # last ID written by the unfinished run
+    last_started_at: str | None = None
+    last_finished_at: str | None = None
+    last_full_reconcile_at: str | None = None
+    last_status: str | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A record the mirror could not take as it is."""
+
+    entity: str
+    id: str
+    reason: str
+    raw: Mapping[str, Any]
+    action: str = "rejected"  # 'rejected' (not mirrored) | 'kept' (mirrored, a field dropped)
+
+
+@dataclass
+class RunCounts:
+    """What one entity's sync did; becomes a ``sync_runs`` row."""
+
+    fetched: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    rejected: int = 0
+    requests: int = 0
+    limit_hits: int = 0
+    retries: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Mirror:
+    """The SQLite mirror. Build it with :meth:`open` (file) or :meth:`memory` (tests)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        migrations.apply(db)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Mirror:
+        """Open (creating with mode 0600 if needed) and migrate the mirror at ``path``."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            return cls(Database(path))
+        except (OSError, Exception) as exc:
+            if isinstance(exc, MirrorError):
+                raise
+            raise MirrorError(f"cannot open mirror {path}: {exc}") from None
+
+    @classmethod
+    def memory(cls) -> Mirror:
+        """An in-memory mirror (tests, dry runs)."""
+        return cls(Database(memory=True))
+
+    # -- sync state ---------------------------------------------------------------------
+    def get_state(self, entity: str) -> SyncState:
+        """The stored sync state of ``entity`` (a fresh one if it never synced)."""
+        table = self.db.table("sync_state")
+        rows = list(table.rows_where("entity = ?", [entity]))
+        if not rows:
+            return SyncState(entity=entity)
+        row = rows[0]
+        row["resume_after_id"] = row.get("resume_after_id") or 0
+        return SyncState(**row)
+
+    def save_state(self, state: SyncState) -> None:
+        """Store ``state`` on its own (run start, run end, reconciliation)."""
+        with self.db.atomic():
+            self._put_state(state)
+
+    def _put_state(self, state: SyncState) -> None:
+        self.db.table("sync_state").upsert(asdict(state), pk="entity")
+
+    # -- writes -------------------------------------------------------------------------
+    def write_page(
+        self,
+        entity: str,
+        rows: Sequence[Mapping[str, Any]],
+        rejects: Sequence[Reject],
+        state: SyncState,
+        seen_at: str,
+    ) -> None:
+        """Upsert a page of rows, record its rejects, and advance ``state`` — one transaction."""
+        _check_entity(entity)
+        with self.db.atomic():
+            if rows:
+                self.db.table(entity).upsert_all(
+                    [_encode_row(row) for row in rows], pk="id", alter=False
+                )
+                self._clear_rejects(entity, [row["id"] for row in rows])
+            self._put_rejects(rejects, seen_at)
+            self._put_state(state)
+
+    def mark_deleted(
+        self, entity: str, ids: Iterable[int], deleted_at: str, state: SyncState
+    ) -> int:
+        """Set ``deleted_at`` on live rows in ``ids``; returns how many changed."""
+        _check_entity(entity)
+        id_list = sorted(set(ids))
+        changed = 0
+        with self.db.atomic():
+            for chunk in _chunks(id_list, 500):
+                marks = ",".join("?" * len(chunk))
+                cursor = self.db.execute(
+                    f"update [{entity}] set deleted_at = ? where deleted_at is null "
+                    f"and id in ({marks})",
+                    [deleted_at, *chunk],
+                )
+                changed += cursor.rowcount
+                self._clear_rejects(entity, chunk)
+            self._put_state(state)
+        return changed
+
+    def _put_rejects(self, rejects: Sequence[Reject], seen_at: str) -> None:
+        if not rejects:
+            return
+        self.db.table("rejects").upsert_all(
+            [
+                {"entity": r.entity, "id": r.id, "reason": r.reason, "action": r.action,
+                 "raw": json.dumps(r.raw, ensure_ascii=False, default=str), "seen_at": seen_at}
+                for r in rejects
+            ],
+            pk=("entity", "id"),
+        )
+
+    def _clear_rejects(self, entity: str, ids: Sequence[int]) -> None:
+        # Runs before this page's own rejects are written: a record that now maps
+        # cleanly (or is gone) drops its old note, a still-bad one gets a fresh one.
+        for chunk in _chunks([str(i) for i in ids], 500):
+            marks = ",".join("?" * len(chunk))
+            self.db.execute(
+                f"delete from rejects where entity = ? and id in ({marks})", [entity, *chunk]
+            )
+
+    def record_run(
+        self, entity: str, started_at: str, finished_at: str, status: str, counts: RunCounts,
+        error: str | None = None,
+    ) -> None:
+        """Append one ``sync_runs`` row (what ``retention status`` and reports read)."""
+        row = {k: v for k, v in asdict(counts).items() if k != "extra"}
+        self.db.table("sync_runs").insert(
+            {"entity": entity, "started_at": started_at, "finished_at": finished_at,
+             "status": status, "error": error, **row}
+        )
+
+    # -- reads --------------------------------------------------------------------------
+    def live_ids(self, entity: str) -> set[int]:
+        """IDs of rows not marked deleted."""
+        _check_entity(entity)
+        sql = f"select id from [{entity}] where deleted_at is null"
+        return {row[0] for row in self.db.execute(sql).fetchall()}
+
+    def count_live(self, entity: str) -> int:
+        """Number of rows not marked deleted."""
+        _check_entity(entity)
+        sql = f"select count(*) from [{entity}] where deleted_at is null"
+        return int(self.db.execute(sql).fetchone()[0])
+
+    def rejected_ids(self, entity: str) -> set[int]:
+        """IDs rejected outright (so not in the entity table)."""
+        sql = "select id from rejects where entity = ? and action = 'rejected'"
+        ids = set()
+        for (value,) in self.db.execute(sql, [entity]).fetchall():
+            if str(value).isdigit():
+                ids.add(int(value))
+        return ids
+
+    def rows(self, entity: str, *, include_deleted: bool = False) -> Iterator[dict[str, Any]]:
+        """Rows of ``entity`` ordered by id, JSON columns decoded."""
+        _check_entity(entity)
+        where = None if include_deleted else "deleted_at is null"
+        for row in self.db.table(entity).rows_where(where, order_by="id"):
+            yield _decode_row(row)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Live / deleted counts per entity and rejects per entity."""
+        result: dict[str, dict[str, int]] = {}
+        for entity in ENTITY_TABLES:
+            live = self.count_live(entity)
+            total = self.db.table(entity).count
+            rejected = self.db.execute(
+                "select count(*) from rejects where entity = ?", [entity]
+            ).fetchone()[0]
+            result[entity] = {"live": live, "deleted": total - live, "rejects": int(rejected)}
+        return result
+
+    def last_runs(self) -> list[dict[str, Any]]:
+        """The latest ``sync_runs`` row of each entity."""
+        sql = (
+            "select * from sync_runs where id in "
+            "(select max(id) from sync_runs group by entity) order by entity"
+        )
+        cursor = self.db.execute(sql)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def rejects(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recent rejects, newest first."""
+        return list(self.db.table("rejects").rows_where(order_by="seen_at desc", limit=limit))
+
+    def close(self) -> None:
+        """Close the underlying connection."""
+        self.db.close()
+
+
+_JSON_COLUMNS = ("phones", "emails", "raw")
+
+
+def _encode_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    encoded = dict(row)
+    for column in _JSON_COLUMNS:
+        if column in encoded and not isinstance(encoded[column], str | None):
+            encoded[column] = json.dumps(encoded[column], ensure_ascii=False)
+    return encoded
+
+
+def _decode_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    decoded = dict(row)
+    for column in _JSON_COLUMNS:
+        if isinstance(decoded.get(column), str):
+            decoded[column] = json.loads(decoded[column])
+    return decoded
+
+
+def _check_entity(entity: str) -> None:
+    if entity not in ENTITY_TABLES:
+        raise ValueError(f"unknown entity {entity!r}; expected one of {ENTITY_TABLES}")
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,95 @@
+import json
+import stat
+
+import pytest
+
+from connector.errors import MirrorError
+from connector.mirror import Mirror, Reject, SyncState
+
+
+def contact_row(i, **over):
+    row = {"id": i, "name": f"C{i}", "phones": ["+7912"], "emails": [], "birthday": None,
+           "responsible_id": 1, "created_at": "2024-01-01T00:00:00+03:00",
+           "updated_at": "2024-01-02T00:00:00+03:00", "deleted_at": None, "raw": {"ID": str(i)}}
+    row.update(over)
+    return row
+
+
+def test_file_is_created_private(tmp_path):
+    path = tmp_path / "sub" / "m.db"
+    Mirror.open(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_open_failure_is_a_mirror_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(MirrorError, match="cannot open mirror"):
+        Mirror.open(blocker / "m.db")
+
+
+def test_migrations_are_idempotent(tmp_path):
+    path = tmp_path / "m.db"
+    Mirror.open(path).close()
+    mirror = Mirror.open(path)
+    assert set(mirror.db.table_names()) >= {"contacts", "deals", "companies", "sync_state",
+                                            "sync_runs", "rejects"}
+
+
+def test_write_page_upserts_rows_rejects_and_state_together():
+    mirror = Mirror.memory()
+    state = SyncState("contacts", pending_watermark="2024-05-01T10:00:00+03:00",
+                      resume_after_id=2)
+    mirror.write_page("contacts", [contact_row(1), contact_row(2)],
+                      [Reject("contacts", "3", "bad", {"ID": "3"})], state, seen_at="t")
+    assert mirror.count_live("contacts") == 2
+    assert mirror.rejected_ids("contacts") == {3}
+    assert mirror.get_state("contacts") == state
+    row = next(mirror.rows("contacts"))
+    assert row["phones"] == ["+7912"] and row["raw"] == {"ID": "1"}
+    # a later clean version of the rejected record clears its reject
+    mirror.write_page("contacts", [contact_row(3)], [], state, seen_at="t")
+    assert mirror.rejected_ids("contacts") == set()
+
+
+def test_failed_transaction_writes_nothing(monkeypatch):
+    mirror = Mirror.memory()
+    state = SyncState("contacts", resume_after_id=9)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(mirror, "_put_state", boom)
+    with pytest.raises(RuntimeError):
+        mirror.write_page("contacts", [contact_row(1)], [], state, seen_at="t")
+    assert mirror.count_live("contacts") == 0
+
+
+def test_mark_deleted_keeps_row_and_reappearance_clears_it():
+    mirror = Mirror.memory()
+    state = SyncState("contacts")
+    mirror.write_page("contacts", [contact_row(1), contact_row(2)], [], state, seen_at="t")
+    assert mirror.mark_deleted("contacts", [2, 5], "2024-06-01T00:00:00+03:00", state) == 1
+    assert mirror.live_ids("contacts") == {1}
+    deleted = [r for r in mirror.rows("contacts", include_deleted=True) if r["id"] == 2][0]
+    assert deleted["deleted_at"] == "2024-06-01T00:00:00+03:00"
+    mirror.write_page("contacts", [contact_row(2)], [], state, seen_at="t")
+    assert mirror.live_ids("contacts") == {1, 2}
+
+
+def test_counts_and_runs():
+    mirror = Mirror.memory()
+    from connector.mirror import RunCounts
+
+    mirror.record_run("deals", "a", "b", "ok", RunCounts(fetched=5))
+    mirror.record_run("deals", "c", "d", "ok", RunCounts(fetched=7))
+    assert [r["fetched"] for r in mirror.last_runs()] == [7]
+    assert mirror.counts()["deals"] == {"live": 0, "deleted": 0, "rejects": 0}
+
+
+def test_raw_json_round_trips_unicode():
+    mirror = Mirror.memory()
+    mirror.write_page("contacts", [contact_row(1, raw={"NAME": "Пётр"})], [], SyncState("contacts"),
+                      seen_at="t")
+    stored = mirror.db.execute("select raw from contacts").fetchone()[0]
+    assert json.loads(stored) == {"NAME": "Пётр"} and "Пётр" in stored
