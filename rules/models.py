@@ -161,7 +161,7 @@ class Metrics:
     retained_customers: int
     crr_percent: float | None
     churn_rate_percent: float | None
-    repeat_purchase_rate: float | None
+    repeat_purchase_percent: float | None
     purchase_frequency: float | None
     average_order_value: float | None
     period_revenue: float

@@ -1,0 +1,171 @@
+"""``compute``: CRM records in, retention decisions out — the one entry point of ``rules``.
+
+The pipeline is columnar: one scan of the deals (``history``), then each rule turns numpy
+arrays into numpy arrays.  States and ledger come back as lazy ``RowSequence`` views, so
+the push stage can stream a million customers without materialising them all at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import cast
+
+import numpy as np
+
+from rules.churn import ChurnSignals, ModelFit, churn_reasons, churn_signals, fit_models
+from rules.config import RulesConfig
+from rules.history import (
+    Aggregates,
+    FloatArray,
+    IntArray,
+    PurchaseHistory,
+    aggregate,
+    build_customers,
+    build_history,
+)
+from rules.loyalty import Ledger, build_ledger
+from rules.metrics import Snapshot, compute_metrics, default_period
+from rules.models import (
+    Company,
+    Contact,
+    CustomerKind,
+    CustomerState,
+    Deal,
+    LedgerEntry,
+    RowSequence,
+    RulesResult,
+)
+from rules.rfm import RfmScores, rfm_scores
+from rules.segments import LIFECYCLES, VALUE_SEGMENTS, channels_of, lifecycle_codes, value_codes
+
+__all__ = ["compute"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    """Every per-customer decision, row-aligned with ``history.customers``."""
+
+    history: PurchaseHistory
+    agg: Aggregates
+    lifecycle: IntArray
+    value: IntArray
+    rfm: RfmScores
+    ledger: Ledger
+    signals: ChurnSignals
+    model: ModelFit
+    churn: FloatArray
+
+
+def _blend(signals: ChurnSignals, model: ModelFit, agg: Aggregates,
+           weight: float) -> FloatArray:
+    # The model says how likely the customer is still around; the signals say why we
+    # worry.  Blending keeps the score explainable while using the fitted base rate.
+    if not model.used:
+        return signals.score
+    model_risk = np.nan_to_num(1.0 - model.p_alive, nan=0.0)
+    blended = (1.0 - weight) * signals.score + weight * model_risk
+    return np.where(agg.count > 0, np.clip(blended, 0.0, 1.0), 0.0)
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _date_or_none(day: int) -> date | None:
+    return date.fromordinal(day) if day > 0 else None
+
+
+def _state_maker(cols: _Columns, config: RulesConfig) -> Callable[[int], CustomerState]:
+    customers, agg, rfm, ledger = cols.history.customers, cols.agg, cols.rfm, cols.ledger
+    kind = cast(CustomerKind, customers.kind)
+    tiers = config.loyalty.tiers
+
+    def make_state(row: int) -> CustomerState:
+        buyer = bool(agg.count[row] > 0)
+        tier = int(ledger.tier[row])
+        p_alive = _none_if_nan(float(cols.model.p_alive[row]))
+        group = int(rfm.group[row])
+        return CustomerState(
+            customer_id=int(customers.ids[row]), customer_kind=kind,
+            lifecycle=LIFECYCLES[int(cols.lifecycle[row])],
+            value_segment=VALUE_SEGMENTS[int(cols.value[row])],
+            rfm_r=int(rfm.r[row]) or None, rfm_f=int(rfm.f[row]) or None,
+            rfm_m=int(rfm.m[row]) or None, rfm_group=rfm.groups[group] if group >= 0 else None,
+            channels=channels_of(bool(customers.has_phone[row]), bool(customers.has_email[row])),
+            purchases=int(agg.count[row]), revenue=float(agg.revenue[row]),
+            first_purchase=_date_or_none(int(agg.first_day[row])),
+            last_purchase=_date_or_none(int(agg.last_day[row])),
+            median_gap_days=_none_if_nan(float(agg.median_gap[row])),
+            tier=tiers[tier].name, perks=tiers[tier].perks,
+            points_balance=int(ledger.balance[row]),
+            purchases_to_next_tier=int(ledger.purchases_to_next[row])
+            if ledger.purchases_to_next[row] >= 0 else None,
+            churn_score=round(float(cols.churn[row]), 4),
+            churn_reasons=churn_reasons(cols.signals, row, config.churn, p_alive)
+            if buyer else (),
+            p_alive=p_alive,
+            expected_purchases=_none_if_nan(float(cols.model.expected_purchases[row])),
+            predicted_clv=_none_if_nan(float(cols.model.clv[row])),
+            model_used="bgnbd" if cols.model.used and buyer else "signals",
+        )
+
+    return make_state
+
+
+def _distribution(codes: IntArray, names: Sequence[str]) -> dict[str, int]:
+    counts = np.bincount(codes[codes >= 0], minlength=len(names))
+    return {name: int(counts[i]) for i, name in enumerate(names)}
+
+
+def _snapshot(cols: _Columns, config: RulesConfig) -> Snapshot:
+    buyers = cols.agg.count > 0
+    clv = cols.model.clv[buyers]
+    predicted = float(np.nanmean(clv)) if len(clv) and not np.isnan(clv).all() else None
+    return Snapshot(
+        lifecycle=_distribution(cols.lifecycle, LIFECYCLES),
+        value=_distribution(cols.value, VALUE_SEGMENTS),
+        rfm=_distribution(cols.rfm.group, cols.rfm.groups),
+        tier=_distribution(cols.ledger.tier, [t.name for t in config.loyalty.tiers]),
+        points_liability=int(cols.ledger.balance.sum()),
+        predicted_clv=predicted,
+    )
+
+
+def _columns(history: PurchaseHistory, config: RulesConfig,
+             previous_ledger: Sequence[LedgerEntry]) -> _Columns:
+    agg = aggregate(history)
+    signals = churn_signals(history, agg, config.churn)
+    model = fit_models(history, agg, config.model)
+    return _Columns(
+        history=history, agg=agg,
+        lifecycle=lifecycle_codes(agg, history.as_of_day, config.lifecycle),
+        value=value_codes(history, config.value),
+        rfm=rfm_scores(history, config.rfm),
+        ledger=build_ledger(history, config.loyalty, previous_ledger),
+        signals=signals, model=model,
+        churn=_blend(signals, model, agg, config.model.churn_weight),
+    )
+
+
+def compute(contacts: Sequence[Contact], deals: Sequence[Deal], companies: Sequence[Company],
+            config: RulesConfig, as_of: datetime,
+            previous_ledger: Sequence[LedgerEntry] = (),
+            period: tuple[date, date] | None = None) -> RulesResult:
+    """Compute every customer's state, the loyalty ledger and the retention metrics.
+
+    ``as_of`` must be timezone-aware; deals closed after it are ignored.  ``period``
+    defaults to the last ``metrics.period_months`` full calendar months before ``as_of``.
+    """
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    customers = build_customers(contacts, companies, deals, config)
+    history = build_history(customers, deals, config, as_of)
+    cols = _columns(history, config, previous_ledger)
+    start, end = period or default_period(date.fromordinal(history.as_of_day),
+                                          config.metrics.period_months)
+    metrics = compute_metrics(history, start, end, config.metrics, _snapshot(cols, config))
+    notes = (*history.notes, *cols.ledger.notes, *cols.model.notes)
+    states = RowSequence(len(customers), _state_maker(cols, config))
+    return RulesResult(states=states, ledger=cols.ledger.entries, metrics=metrics, notes=notes)

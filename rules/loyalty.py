@@ -1,0 +1,578 @@
+"""The loyalty ledger, derived deterministically from purchase history (+ the previous ledger).
+
+Rules (docs/rules.md has the full story):
+
+* tier in force at a purchase = the tier for the number of *earlier* counted purchases
+  (the Nth purchase earns at the tier of N − 1 purchases);
+* earn = amount × cashback % of that tier × birthday multiplier, rounded half up to whole
+  points, computed exactly in integers (kopecks × basis points);
+* bonuses: once per record whose field matches; redemptions: a deal field, clamped to the
+  balance available before that deal; expiry: FIFO lots, each expiring ``expiry_days``
+  after it was credited;
+* a previous earn/bonus/redeem entry that the current history no longer produces is
+  carried over and reversed exactly once (``reversal:<key>``).
+
+Earns are computed as numpy columns; only customers with redemptions or reversals go
+through the sequential lot walk (``_walk``) below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import numpy as np
+
+from rules.config import BonusRule, FieldCondition, LoyaltyConfig, TierConfig
+from rules.history import BoolArray, IntArray, PurchaseHistory
+from rules.models import LedgerEntry, RowSequence
+
+__all__ = [
+    "Ledger",
+    "birthday_mask",
+    "build_ledger",
+    "condition_matches",
+    "earn_points",
+    "tier_index",
+]
+
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+# Sort phases inside one day: expiries first (a lot expiring today is gone today), then
+# deal events in deal order (redeem before the same deal's earn: points earned on an order
+# cannot pay for it), then record-level bonuses, then reversals.
+PHASE_EXPIRE, PHASE_DEAL, PHASE_RECORD, PHASE_REVERSAL = range(4)
+SUB_REDEEM, SUB_EARN, SUB_BONUS = range(3)
+
+
+def tier_index(tiers: Sequence[TierConfig], purchases: IntArray) -> IntArray:
+    """Index of the tier reached with ``purchases`` counted purchases."""
+    thresholds = np.array([t.min_purchases for t in tiers], dtype=np.int64)
+    return (np.searchsorted(thresholds, purchases, side="right") - 1).astype(np.int64)
+
+
+def _birthday_ordinal(years: IntArray, month: IntArray, dom: IntArray, leap_rule: str) -> IntArray:
+    leap = (years % 4 == 0) & ((years % 100 != 0) | (years % 400 == 0))
+    moved = (month == 2) & (dom == 29) & ~leap
+    to_march = leap_rule == "mar1"
+    month = np.where(moved & to_march, 3, month)
+    dom = np.where(moved, 1 if to_march else 28, dom)
+    months = (years - 1970) * 12 + month - 1
+    first = months.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
+    return first + dom - 1 + EPOCH_ORDINAL
+
+
+def birthday_mask(day: IntArray, month: IntArray, dom: IntArray, window: int,
+                  leap_rule: str = "feb28") -> BoolArray:
+    """True where ``day`` is within ``window`` days of the birthday (month/dom; 0 = unknown).
+
+    29 February is celebrated on 28 February (or 1 March) in non-leap years.
+    """
+    has = month > 0
+    safe_month = np.where(has, month, 1)
+    safe_dom = np.where(has, dom, 1)
+    years = (day - EPOCH_ORDINAL).astype("datetime64[D]").astype("datetime64[Y]")
+    years = years.astype(np.int64) + 1970
+    hit = np.zeros(len(day), dtype=np.bool_)
+    for shift in (-1, 0, 1) if window else (0,):
+        birthday = _birthday_ordinal(years + shift, safe_month, safe_dom, leap_rule)
+        hit |= np.abs(day - birthday) <= window
+    return hit & has
+
+
+def earn_points(amount_kop: IntArray, basis_points: IntArray, multiplier: IntArray) -> IntArray:
+    """Points = amount × cashback × multiplier, rounded half up, exact in integers.
+
+    1 point = 1 rouble = 100 kopecks and 1 % = 100 basis points, hence the 1_000_000.
+    """
+    return (amount_kop * basis_points * multiplier + 500_000) // 1_000_000
+
+
+def _basis_points(percent: Decimal) -> int:
+    return int((percent * 100).to_integral_value())
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().upper() not in ("", "0", "N", "NO", "FALSE", "НЕТ")
+    return bool(value)
+
+
+def condition_matches(cond: FieldCondition, value: Any) -> bool:
+    """Does a field ``value`` satisfy ``cond`` (equals / numeric max_value / truthy)?"""
+    if cond.equals is not None:
+        return str(value).strip() == cond.equals
+    if cond.max_value is not None:
+        try:
+            return float(value) <= cond.max_value
+        except (TypeError, ValueError):
+            return False
+    return _truthy(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """The ledger as a lazy sequence plus per-customer balance and tier."""
+
+    entries: RowSequence[LedgerEntry]
+    balance: IntArray
+    tier: IntArray
+    purchases_to_next: IntArray  # -1 at the top tier
+    notes: tuple[str, ...]
+
+
+@dataclass
+class _Event:
+    """One ledger movement inside the sequential walk of a single customer."""
+
+    day: int
+    phase: int
+    deal: int
+    sub: int
+    key: str
+    points: int
+    entry: LedgerEntry | None  # emitted as is (carried / already built), or None
+
+
+@dataclass
+class _Earns:
+    """Vectorised earn columns, aligned with the history's purchase arrays."""
+
+    points: IntArray
+    tier: IntArray
+    birthday: BoolArray
+
+
+class _LedgerBuilder:
+    """Holds the inputs of one ledger build; each method is one step of it."""
+
+    def __init__(self, history: PurchaseHistory, cfg: LoyaltyConfig,
+                 previous: Sequence[LedgerEntry]) -> None:
+        self.h = history
+        self.cfg = cfg
+        self.previous = previous
+        self.ids = history.customers.ids
+        self.as_of = date.fromordinal(history.as_of_day)
+        self.tier_names = tuple(t.name for t in cfg.tiers)
+        self.extras: list[LedgerEntry] = []
+        self.extra_rows: list[int] = []  # customer row per extra entry
+        self.notes: list[str] = []
+        self.prev_at: dict[str, date] = {}
+        self.clamped = 0
+
+    # -- earns ---------------------------------------------------------------------------
+    def earns(self) -> _Earns:
+        h, cfg = self.h, self.cfg
+        rank = np.arange(len(h), dtype=np.int64) - h.starts[h.cust]
+        tier = tier_index(cfg.tiers, rank)
+        bps = np.array([_basis_points(t.cashback_percent) for t in cfg.tiers], dtype=np.int64)
+        customers = h.customers
+        birthday = birthday_mask(h.day, customers.birth_month[h.cust],
+                                 customers.birth_day[h.cust], cfg.birthday_window_days,
+                                 cfg.leap_day_birthday)
+        multiplier = np.where(birthday, cfg.birthday_multiplier, 1).astype(np.int64)
+        return _Earns(earn_points(h.amount_kop, bps[tier], multiplier), tier, birthday)
+
+    def earn_reason(self, tier: int, birthday: bool) -> str:
+        percent = self.cfg.tiers[tier].cashback_percent.normalize()
+        text = f"{percent:f}% cashback ({self.tier_names[tier]})"
+        return f"{text} ×{self.cfg.birthday_multiplier} birthday" if birthday else text
+
+    # -- bonuses and redemptions ---------------------------------------------------------
+    def purchase_positions(self, deal_ids: IntArray) -> IntArray:
+        """Purchase index of each deal id, -1 when the deal is not a counted purchase."""
+        order = np.argsort(self.h.deal_id, kind="stable")
+        sorted_ids = self.h.deal_id[order]
+        if len(sorted_ids) == 0:
+            return np.full(len(deal_ids), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(sorted_ids, deal_ids), len(sorted_ids) - 1)
+        return np.where(sorted_ids[pos] == deal_ids, order[pos], -1).astype(np.int64)
+
+    def bonus_entries(self, rule: BonusRule, earns: _Earns) -> list[tuple[int, _Event]]:
+        if rule.entity == "deal":
+            return self._deal_bonuses(rule, earns)
+        if rule.entity != self.h.customers.kind:
+            self.notes.append(f"bonus on {rule.entity} field {rule.field} ignored in "
+                              f"{self.h.customers.kind} mode")
+            return []
+        out = []
+        for row, value in sorted(self.h.customers.fields.get(rule.field, {}).items()):
+            if condition_matches(rule, value):
+                record = int(self.ids[row])
+                key = f"bonus:{rule.field}:{rule.entity}:{record}"
+                at = self.prev_at.get(key, self.as_of)  # first seen; stable afterwards
+                entry = LedgerEntry(record, "bonus", None, rule.points, at, None,
+                                    rule.reason, key)
+                out.append((row, _Event(at.toordinal(), PHASE_RECORD, -1, SUB_BONUS, key,
+                                        rule.points, entry)))
+        return out
+
+    def _deal_bonuses(self, rule: BonusRule, earns: _Earns) -> list[tuple[int, _Event]]:
+        values = self.h.deal_fields.get(rule.field, {})
+        matched = sorted(d for d, v in values.items() if condition_matches(rule, v))
+        positions = self.purchase_positions(np.array(matched, dtype=np.int64))
+        out = []
+        for deal_id, pos in zip(matched, positions.tolist(), strict=True):
+            if pos < 0:
+                continue
+            row, day = int(self.h.cust[pos]), int(self.h.day[pos])
+            key = f"bonus:{rule.field}:deal:{deal_id}"
+            entry = LedgerEntry(int(self.ids[row]), "bonus", deal_id, rule.points,
+                                date.fromordinal(day),
+                                self.tier_names[int(earns.tier[pos])], rule.reason, key)
+            out.append((row, _Event(day, PHASE_DEAL, deal_id, SUB_BONUS, key, rule.points,
+                                    entry)))
+        return out
+
+    def redemption_requests(self) -> list[tuple[int, _Event]]:
+        name = self.cfg.redeem_field
+        values = self.h.deal_fields.get(name, {}) if name else {}
+        requests: list[tuple[int, int]] = []
+        unreadable = 0
+        for deal_id, value in values.items():
+            try:
+                points = int(Decimal(str(value).replace(",", ".").strip())
+                             .to_integral_value(rounding=ROUND_HALF_UP))
+            except (ArithmeticError, ValueError):
+                unreadable += 1
+                continue
+            if points > 0:
+                requests.append((deal_id, points))
+        if unreadable:
+            self.notes.append(f"{unreadable} unreadable {name} values ignored")
+        requests.sort()
+        positions = self.purchase_positions(np.array([d for d, _ in requests], dtype=np.int64))
+        return [(int(self.h.cust[pos]),
+                 _Event(int(self.h.day[pos]), PHASE_DEAL, deal_id, SUB_REDEEM,
+                        f"redeem:deal:{deal_id}", points, None))
+                for (deal_id, points), pos in zip(requests, positions.tolist(), strict=True)
+                if pos >= 0]
+
+    # -- the previous ledger -------------------------------------------------------------
+    def scan_previous(self) -> tuple[list[LedgerEntry], list[LedgerEntry],
+                                     dict[tuple[int, str], LedgerEntry]]:
+        """Split the previous ledger into (earns, bonuses+redeems, reversals by target)."""
+        earns: list[LedgerEntry] = []
+        others: list[LedgerEntry] = []
+        reversals: dict[tuple[int, str], LedgerEntry] = {}
+        for entry in self.previous:
+            kind = entry.kind
+            if kind == "earn":
+                earns.append(entry)
+            elif kind == "reversal":
+                reversals[(entry.customer_id, entry.entry_key[len("reversal:"):])] = entry
+            elif kind != "expire":  # expiries are always re-derived
+                others.append(entry)
+                if kind == "bonus":
+                    self.prev_at[entry.entry_key] = entry.at
+        return earns, others, reversals
+
+    def vanished_earns(self, earns: list[LedgerEntry]) -> list[LedgerEntry]:
+        """Previous earns whose (customer, deal) is no longer a counted purchase."""
+        if not earns:
+            return []
+        prev_rows = self.h.customers.rows_of(np.array([e.customer_id for e in earns],
+                                                      dtype=np.int64))
+        prev_deals = np.array([e.deal_id if e.deal_id is not None else -1 for e in earns],
+                              dtype=np.int64)
+        current = (self.h.cust << 32) | self.h.deal_id
+        still = np.isin((prev_rows << 32) | prev_deals, current) & (prev_rows >= 0)
+        return [e for e, keep in zip(earns, still.tolist(), strict=True) if not keep]
+
+    def carried_events(self, vanished: list[LedgerEntry],
+                       reversals: dict[tuple[int, str], LedgerEntry]
+                       ) -> list[tuple[int, _Event]]:
+        """Events for carried entries and their (old or new) reversals."""
+        rows = self.h.customers.rows_of(np.array([e.customer_id for e in vanished],
+                                                 dtype=np.int64)).tolist()
+        events: list[tuple[int, _Event]] = []
+        unknown = new = 0
+        for entry, row in zip(vanished, rows, strict=True):
+            if row < 0:
+                unknown += 1
+                continue
+            events.append((row, _carried_event(entry)))
+            old = reversals.pop((entry.customer_id, entry.entry_key), None)
+            new += old is None
+            events.append((row, _reversal_event(entry, old, self.h.as_of_day)))
+        if new:
+            self.notes.append(f"{new} ledger entries reversed (their deal or field no "
+                              f"longer counts)")
+        if unknown:
+            self.notes.append(f"{unknown} previous ledger entries of unknown or deleted "
+                              f"customers dropped")
+        if reversals:
+            self.notes.append(f"{len(reversals)} reversals withdrawn: their entries count "
+                              f"again")
+        return events
+
+    # -- the sequential walk (redemptions, reversals, expiry) ----------------------------
+    def walk(self, row: int, events: list[_Event]) -> list[LedgerEntry]:
+        """Replay one customer's movements over FIFO lots; returns the derived entries."""
+        events.sort(key=lambda e: (e.day, e.phase, e.deal, e.sub, e.key))
+        state = _Lots(int(self.ids[row]), self.cfg.expiry_days)
+        for ev in events:
+            state.expire_until(ev.day)
+            if ev.phase == PHASE_REVERSAL:
+                state.reverse(ev)
+            elif ev.sub == SUB_REDEEM:
+                state.redeem(ev)
+            else:
+                state.credit(ev.key, ev.points, ev.day)
+        state.expire_until(self.h.as_of_day)
+        self.clamped += state.clamped
+        return state.out
+
+
+def _carried_event(entry: LedgerEntry) -> _Event:
+    deal = entry.deal_id if entry.deal_id is not None else -1
+    sub = {"earn": SUB_EARN, "bonus": SUB_BONUS}.get(entry.kind, SUB_REDEEM)
+    phase = PHASE_DEAL if entry.deal_id is not None else PHASE_RECORD
+    return _Event(entry.at.toordinal(), phase, deal, sub, entry.entry_key, entry.points, entry)
+
+
+def _reversal_event(target: LedgerEntry, old: LedgerEntry | None, as_of_day: int) -> _Event:
+    deal = target.deal_id if target.deal_id is not None else -1
+    key = "reversal:" + target.entry_key
+    if old is not None:
+        return _Event(old.at.toordinal(), PHASE_REVERSAL, deal, 0, key, old.points, old)
+    return _Event(as_of_day, PHASE_REVERSAL, deal, 0, key, -target.points, None)
+
+
+class _Lots:
+    """FIFO point lots of one customer; balance = sum(remaining) - debt at every step."""
+
+    def __init__(self, customer_id: int, expiry_days: int) -> None:
+        self.customer_id = customer_id
+        self.expiry_days = expiry_days
+        # key -> [remaining, original, expired, expires_on (-1 = never / done)]
+        self.lots: dict[str, list[int]] = {}
+        self.debt = 0
+        self.clamped = 0
+        self.out: list[LedgerEntry] = []
+
+    def credit(self, key: str, points: int, day: int) -> None:
+        paid = min(self.debt, points)  # a negative balance is settled first
+        self.debt -= paid
+        expires = day + self.expiry_days if self.expiry_days else -1
+        self.lots[key] = [points - paid, points, 0, expires]
+
+    def available(self) -> int:
+        return sum(lot[0] for lot in self.lots.values())
+
+    def consume(self, points: int) -> int:
+        """Take up to ``points`` oldest-first; returns what could not be covered."""
+        for lot in self.lots.values():
+            if points <= 0:
+                break
+            take = min(lot[0], points)
+            lot[0] -= take
+            points -= take
+        return points
+
+    def expire_until(self, day: int) -> None:
+        for key, lot in self.lots.items():
+            if 0 <= lot[3] <= day:
+                if lot[0] > 0:
+                    self.out.append(LedgerEntry(
+                        self.customer_id, "expire", None, -lot[0], date.fromordinal(lot[3]),
+                        None, f"points expired after {self.expiry_days} days", "expire:" + key))
+                    lot[2] += lot[0]
+                    lot[0] = 0
+                lot[3] = -1
+
+    def redeem(self, ev: _Event) -> None:
+        if ev.entry is not None:  # carried verbatim: what was spent stays spent
+            self.debt += self.consume(-ev.points)
+            return
+        spent = min(ev.points, self.available())
+        self.clamped += spent < ev.points
+        self.consume(spent)
+        if spent > 0:
+            reason = f"points spent on deal {ev.deal}"
+            if spent < ev.points:
+                reason += f" (requested {ev.points}, clamped to balance)"
+            self.out.append(LedgerEntry(self.customer_id, "redeem", ev.deal, -spent,
+                                        date.fromordinal(ev.day), None, reason, ev.key))
+
+    def reverse(self, ev: _Event) -> None:
+        target = ev.key[len("reversal:"):]
+        lot = self.lots.get(target)
+        if lot is None:  # reversing a redemption refunds the points as a new lot
+            points = ev.points
+            if points > 0:
+                self.credit(ev.key, points, ev.day)
+            else:
+                self.debt += self.consume(-points)
+        else:
+            # what already expired was never the customer's to keep, so is not clawed back
+            points = ev.points if ev.entry is not None else -(lot[1] - lot[2])
+            owed = -points
+            take = min(lot[0], owed)
+            lot[0] -= take
+            lot[3] = -1
+            self.debt += self.consume(owed - take)
+        if ev.entry is None:
+            deal = ev.deal if ev.deal >= 0 else None
+            self.out.append(LedgerEntry(self.customer_id, "reversal", deal, points,
+                                        date.fromordinal(ev.day), None,
+                                        f"reversed: {target} no longer counts", ev.key))
+
+
+@dataclass
+class _Assembly:
+    """Sort keys and sources of every ledger entry before the final single sort."""
+
+    row: list[IntArray]
+    day: list[IntArray]
+    phase: list[IntArray]
+    deal: list[IntArray]
+    sub: list[IntArray]
+    source: list[IntArray]  # 0 = vector earn, 1 = vector expiry, 2 = extra object
+    index: list[IntArray]
+    points: list[IntArray]
+
+    def add(self, row: IntArray, day: IntArray, phase: int, deal: IntArray, sub: int,
+            source: int, index: IntArray, points: IntArray) -> None:
+        n = len(row)
+        self.row.append(row)
+        self.day.append(day)
+        self.phase.append(np.full(n, phase, dtype=np.int64))
+        self.deal.append(deal)
+        self.sub.append(np.full(n, sub, dtype=np.int64))
+        self.source.append(np.full(n, source, dtype=np.int64))
+        self.index.append(index)
+        self.points.append(points)
+
+
+def _extra_sort_key(entry: LedgerEntry) -> tuple[int, int, int]:
+    deal = entry.deal_id if entry.deal_id is not None else -1
+    if entry.kind == "expire":
+        return PHASE_EXPIRE, deal, 0
+    if entry.kind == "reversal":
+        return PHASE_REVERSAL, deal, 0
+    sub = {"redeem": SUB_REDEEM, "earn": SUB_EARN}.get(entry.kind, SUB_BONUS)
+    return (PHASE_DEAL if entry.deal_id is not None else PHASE_RECORD), deal, sub
+
+
+def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
+                 previous: Sequence[LedgerEntry] = ()) -> Ledger:
+    """The full ledger as of ``history.as_of_day``, with per-customer balance and tier."""
+    b = _LedgerBuilder(history, cfg, previous)
+    earns = b.earns()
+    prev_earns, prev_others, prev_reversals = b.scan_previous()
+    events: list[tuple[int, _Event]] = []
+    for rule in cfg.bonuses:
+        events.extend(b.bonus_entries(rule, earns))
+    redeems = b.redemption_requests()
+    derived = {(int(b.ids[row]), ev.key) for row, ev in [*events, *redeems]}
+    vanished = b.vanished_earns(prev_earns) + [
+        e for e in prev_others if (e.customer_id, e.entry_key) not in derived]
+    carried = b.carried_events(vanished, prev_reversals)
+    walk_rows = {row for row, _ in redeems} | {row for row, _ in carried}
+    per_row: dict[int, list[_Event]] = {row: [] for row in walk_rows}
+    for row, ev in [*events, *redeems, *carried]:
+        if ev.entry is not None:
+            b.extras.append(ev.entry)
+            b.extra_rows.append(row)
+        if row in per_row:
+            per_row[row].append(ev)
+    _add_walk_earns(history, earns, per_row)
+    for row in sorted(per_row):
+        for entry in b.walk(row, per_row[row]):
+            b.extras.append(entry)
+            b.extra_rows.append(row)
+    _expire_simple_bonuses(b, events, walk_rows)
+    if b.clamped:
+        b.notes.append(f"{b.clamped} redemptions clamped to the available balance")
+    return _assemble(b, earns, walk_rows)
+
+
+def _add_walk_earns(history: PurchaseHistory, earns: _Earns,
+                    per_row: dict[int, list[_Event]]) -> None:
+    for row, events in per_row.items():
+        for pos in range(int(history.starts[row]), int(history.starts[row + 1])):
+            deal = int(history.deal_id[pos])
+            events.append(_Event(int(history.day[pos]), PHASE_DEAL, deal, SUB_EARN,
+                                 f"earn:deal:{deal}", int(earns.points[pos]), None))
+
+
+def _expire_simple_bonuses(b: _LedgerBuilder, events: list[tuple[int, _Event]],
+                           walk_rows: set[int]) -> None:
+    days = b.cfg.expiry_days
+    if not days:
+        return
+    for row, ev in events:
+        if row not in walk_rows and ev.day + days <= b.h.as_of_day:
+            b.extras.append(LedgerEntry(int(b.ids[row]), "expire", None, -ev.points,
+                                        date.fromordinal(ev.day + days), None,
+                                        f"points expired after {days} days",
+                                        "expire:" + ev.key))
+            b.extra_rows.append(row)
+
+
+def _assemble(b: _LedgerBuilder, earns: _Earns, walk_rows: set[int]) -> Ledger:
+    h, cfg = b.h, b.cfg
+    asm = _Assembly([], [], [], [], [], [], [], [])
+    positions = np.arange(len(h), dtype=np.int64)
+    asm.add(h.cust, h.day, PHASE_DEAL, h.deal_id, SUB_EARN, 0, positions, earns.points)
+    if cfg.expiry_days:
+        simple = ~np.isin(h.cust, np.fromiter(walk_rows, dtype=np.int64))
+        due = simple & (earns.points > 0) & (h.day + cfg.expiry_days <= h.as_of_day)
+        asm.add(h.cust[due], h.day[due] + cfg.expiry_days, PHASE_EXPIRE, h.deal_id[due], 0,
+                1, positions[due], -earns.points[due])
+    keys = [_extra_sort_key(e) for e in b.extras]
+    asm.add(np.array(b.extra_rows, dtype=np.int64),
+            np.array([e.at.toordinal() for e in b.extras], dtype=np.int64), 0,
+            np.array([k[1] for k in keys], dtype=np.int64), 0, 2,
+            np.arange(len(b.extras), dtype=np.int64),
+            np.array([e.points for e in b.extras], dtype=np.int64))
+    asm.phase[-1] = np.array([k[0] for k in keys], dtype=np.int64)
+    asm.sub[-1] = np.array([k[2] for k in keys], dtype=np.int64)
+    return _finish(b, earns, asm)
+
+
+def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
+    h = b.h
+    row = np.concatenate(asm.row)
+    order = np.lexsort((np.concatenate(asm.sub), np.concatenate(asm.deal),
+                        np.concatenate(asm.phase), np.concatenate(asm.day), row))
+    source = np.concatenate(asm.source)[order]
+    index = np.concatenate(asm.index)[order]
+    n = len(h.customers)
+    balance = np.rint(np.bincount(row, weights=np.concatenate(asm.points), minlength=n))
+    count = np.diff(h.starts)
+    tier = tier_index(b.cfg.tiers, count)
+    thresholds = np.array([t.min_purchases for t in b.cfg.tiers] + [-1], dtype=np.int64)
+    nxt = thresholds[tier + 1]
+    to_next = np.where(nxt >= 0, nxt - count, -1)
+    make_row = _row_maker(b, earns, source, index)
+    return Ledger(RowSequence(len(order), make_row), balance.astype(np.int64), tier,
+                  to_next.astype(np.int64), tuple(b.notes))
+
+
+def _row_maker(b: _LedgerBuilder, earns: _Earns, source: IntArray,
+               index: IntArray) -> Callable[[int], LedgerEntry]:
+    h, ids, extras, days = b.h, b.ids, b.extras, b.cfg.expiry_days
+    reasons = {(t, bd): b.earn_reason(t, bd) for t in range(len(b.cfg.tiers))
+               for bd in (False, True)}
+    tiers = b.tier_names
+
+    def make_row(i: int) -> LedgerEntry:
+        kind, pos = int(source[i]), int(index[i])
+        if kind == 2:
+            return extras[pos]
+        deal, points = int(h.deal_id[pos]), int(earns.points[pos])
+        customer = int(ids[h.cust[pos]])
+        if kind == 0:
+            tier = int(earns.tier[pos])
+            return LedgerEntry(customer, "earn", deal, points,
+                               date.fromordinal(int(h.day[pos])), tiers[tier],
+                               reasons[(tier, bool(earns.birthday[pos]))], f"earn:deal:{deal}")
+        return LedgerEntry(customer, "expire", None, -points,
+                           date.fromordinal(int(h.day[pos])) + timedelta(days=days), None,
+                           f"points expired after {days} days", f"expire:earn:deal:{deal}")
+
+    return make_row
