@@ -523,6 +523,13 @@ def _assemble(b: _LedgerBuilder, earns: _Earns, walk_rows: set[int]) -> Ledger:
         due = simple & (earns.points > 0) & (h.day + cfg.expiry_days <= h.as_of_day)
         asm.add(h.cust[due], h.day[due] + cfg.expiry_days, PHASE_EXPIRE, h.deal_id[due], 0,
                 1, positions[due], -earns.points[due])
+    # Pre-sort the extras fully (entry_key breaks ties) so the stable final sort never
+    # depends on the order in which they were produced.
+    ranked = sorted(zip(b.extra_rows, b.extras, strict=True),
+                    key=lambda pair: (pair[0], pair[1].at, *_extra_sort_key(pair[1]),
+                                      pair[1].entry_key))
+    b.extra_rows = [row for row, _ in ranked]
+    b.extras = [entry for _, entry in ranked]
     keys = [_extra_sort_key(e) for e in b.extras]
     asm.add(np.array(b.extra_rows, dtype=np.int64),
             np.array([e.at.toordinal() for e in b.extras], dtype=np.int64), 0,
