@@ -9,7 +9,7 @@ import pytest
 
 from rules.config import LifecycleConfig, RulesConfig, ValueConfig
 from rules.engine import compute
-from rules.models import Contact, Deal
+from rules.models import Contact, CustomerState, Deal
 
 MSK = ZoneInfo("Europe/Moscow")
 AS_OF = datetime(2025, 3, 1, 12, 0, tzinfo=MSK)
@@ -24,7 +24,8 @@ def won(deal_id: int, contact: int, days_ago: int, amount: float = 1000.0) -> De
                 currency="RUB", status="won", created_at=at(days_ago), closed_at=at(days_ago))
 
 
-def states(deals: list[Deal], contacts: int, config: RulesConfig | None = None) -> dict:
+def states(deals: list[Deal], contacts: int,
+           config: RulesConfig | None = None) -> dict[int, CustomerState]:
     result = compute([Contact(id=i) for i in range(1, contacts + 1)], deals, [],
                      config or RulesConfig(), AS_OF)
     return {s.customer_id: s for s in result.states}
