@@ -7,6 +7,7 @@ Defaults: 100 000 customers, 5 deals each (500 000 deals).  Prints build and com
 from __future__ import annotations
 
 import random
+import resource
 import sys
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -50,6 +51,7 @@ def main() -> None:
     t0 = time.perf_counter()
     contacts, deals = synthetic(customers, per_customer)
     t1 = time.perf_counter()
+    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     config = RulesConfig(loyalty=LoyaltyConfig(bonuses=(
         BonusRule(field="UF_CRM_REVIEW", entity="deal", equals="Y", points=200,
                   reason="review left"),)))
@@ -61,6 +63,8 @@ def main() -> None:
     print(f"synthetic data: {customers:,} customers, {len(deals):,} deals in {t1 - t0:.1f} s")
     print(f"compute: {t2 - t1:.2f} s; {len(sample)} states read in {t3 - t2:.2f} s; "
           f"ledger entries {ledger_size:,}")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: {rss_data:,.0f} MB after building the data, {rss:,.0f} MB after compute")
     print(f"CRR {result.metrics.crr_percent}; notes: {list(result.notes)}")
 
 

@@ -8,6 +8,7 @@ portal's time zone, stored as proleptic ordinals (``date.toordinal()``).
 from __future__ import annotations
 
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -219,10 +220,12 @@ def _company_customers(contacts: Sequence[Contact], companies: Sequence[Company]
 class _DealScan:
     """Columns and exclusion counters filled by one pass over the deals."""
 
-    owner: list[int]
-    day: list[int]
-    amount: list[float]
-    deal_id: list[int]
+    # array.array keeps 8 raw bytes per value; a list of ints would hold 5M int objects
+    # (~36 bytes each) per column at benchmark scale.
+    owner: array[int]
+    day: array[int]
+    amount: array[float]
+    deal_id: array[int]
     excluded: Counter[str]
     converted: Counter[str]
     fields: FieldValues
@@ -236,7 +239,8 @@ def _scan_deals(deals: Sequence[Deal], config: RulesConfig, as_of: datetime) -> 
     home, rates, min_amount = purchases.currency, purchases.rates, purchases.min_amount
     zone = config.zone()
     deal_fields, _ = _wanted_fields(config)
-    scan = _DealScan([], [], [], [], Counter(), Counter(), {n: {} for n in deal_fields})
+    scan = _DealScan(array("q"), array("q"), array("d"), array("q"), Counter(), Counter(),
+                     {n: {} for n in deal_fields})
     owner_add, day_add = scan.owner.append, scan.day.append
     amount_add, id_add, excluded = scan.amount.append, scan.deal_id.append, scan.excluded
     for d in deals:
@@ -306,11 +310,12 @@ def build_history(customers: Customers, deals: Sequence[Deal], config: RulesConf
                   as_of: datetime) -> PurchaseHistory:
     """Counted purchases of ``customers`` up to ``as_of``, sorted once, as numpy columns."""
     scan = _scan_deals(deals, config, as_of)
-    rows = customers.rows_of(np.array(scan.owner, dtype=np.int64))
+    rows = customers.rows_of(np.frombuffer(scan.owner, dtype=np.int64))
     known = rows >= 0
-    day = np.array(scan.day, dtype=np.int64)[known]
-    deal_id = np.array(scan.deal_id, dtype=np.int64)[known]
-    amount_kop = np.rint(np.array(scan.amount, dtype=np.float64)[known] * 100).astype(np.int64)
+    day = np.frombuffer(scan.day, dtype=np.int64)[known]
+    deal_id = np.frombuffer(scan.deal_id, dtype=np.int64)[known]
+    amount = np.frombuffer(scan.amount, dtype=np.float64)[known]
+    amount_kop = np.rint(amount * 100).astype(np.int64)
     cust = rows[known]
     order = np.lexsort((deal_id, day, cust))
     cust, day, deal_id, amount_kop = cust[order], day[order], deal_id[order], amount_kop[order]

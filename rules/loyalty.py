@@ -25,6 +25,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from rules.config import BonusRule, FieldCondition, LoyaltyConfig, TierConfig
 from rules.history import BoolArray, IntArray, PurchaseHistory
@@ -427,10 +428,10 @@ class _Assembly:
 
     row: list[IntArray]
     day: list[IntArray]
-    phase: list[IntArray]
+    phase: list[npt.NDArray[np.int8]]
     deal: list[IntArray]
-    sub: list[IntArray]
-    source: list[IntArray]  # 0 = vector earn, 1 = vector expiry, 2 = extra object
+    sub: list[npt.NDArray[np.int8]]
+    source: list[npt.NDArray[np.int8]]  # 0 = vector earn, 1 = vector expiry, 2 = extra
     index: list[IntArray]
     points: list[IntArray]
 
@@ -439,10 +440,11 @@ class _Assembly:
         n = len(row)
         self.row.append(row)
         self.day.append(day)
-        self.phase.append(np.full(n, phase, dtype=np.int64))
+        # int8 flags: at 5M entries each int64 column would cost 40 MB
+        self.phase.append(np.full(n, phase, dtype=np.int8))
         self.deal.append(deal)
-        self.sub.append(np.full(n, sub, dtype=np.int64))
-        self.source.append(np.full(n, source, dtype=np.int64))
+        self.sub.append(np.full(n, sub, dtype=np.int8))
+        self.source.append(np.full(n, source, dtype=np.int8))
         self.index.append(index)
         self.points.append(points)
 
@@ -536,31 +538,33 @@ def _assemble(b: _LedgerBuilder, earns: _Earns, walk_rows: set[int]) -> Ledger:
             np.array([k[1] for k in keys], dtype=np.int64), 0, 2,
             np.arange(len(b.extras), dtype=np.int64),
             np.array([e.points for e in b.extras], dtype=np.int64))
-    asm.phase[-1] = np.array([k[0] for k in keys], dtype=np.int64)
-    asm.sub[-1] = np.array([k[2] for k in keys], dtype=np.int64)
+    asm.phase[-1] = np.array([k[0] for k in keys], dtype=np.int8)
+    asm.sub[-1] = np.array([k[2] for k in keys], dtype=np.int8)
     return _finish(b, earns, asm)
 
 
 def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
     h = b.h
     row = np.concatenate(asm.row)
-    order = np.lexsort((np.concatenate(asm.sub), np.concatenate(asm.deal),
-                        np.concatenate(asm.phase), np.concatenate(asm.day), row))
-    source = np.concatenate(asm.source)[order]
-    index = np.concatenate(asm.index)[order]
     n = len(h.customers)
     balance = np.rint(np.bincount(row, weights=np.concatenate(asm.points), minlength=n))
+    order = np.lexsort((np.concatenate(asm.sub), np.concatenate(asm.deal),
+                        np.concatenate(asm.phase), np.concatenate(asm.day), row))
+    del row
+    source = np.concatenate(asm.source)[order]
+    index = np.concatenate(asm.index)[order]
+    del order
     count = np.diff(h.starts)
     tier = tier_index(b.cfg.tiers, count)
     thresholds = np.array([t.min_purchases for t in b.cfg.tiers] + [-1], dtype=np.int64)
     nxt = thresholds[tier + 1]
     to_next = np.where(nxt >= 0, nxt - count, -1)
     make_row = _row_maker(b, earns, source, index)
-    return Ledger(RowSequence(len(order), make_row), balance.astype(np.int64), tier,
+    return Ledger(RowSequence(len(source), make_row), balance.astype(np.int64), tier,
                   to_next.astype(np.int64), tuple(b.notes))
 
 
-def _row_maker(b: _LedgerBuilder, earns: _Earns, source: IntArray,
+def _row_maker(b: _LedgerBuilder, earns: _Earns, source: npt.NDArray[np.int8],
                index: IntArray) -> Callable[[int], LedgerEntry]:
     h, ids, extras, days = b.h, b.ids, b.extras, b.cfg.expiry_days
     reasons = {(t, bd): b.earn_reason(t, bd) for t in range(len(b.cfg.tiers))
