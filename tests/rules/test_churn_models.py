@@ -1,0 +1,96 @@
+"""Wiring of BG/NBD / Gamma-Gamma into churn (with stand-ins for the fitted models)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from rules.config import RulesConfig
+from rules.engine import compute
+from rules.models import Contact, Deal, RulesResult
+
+MSK = ZoneInfo("Europe/Moscow")
+AS_OF = datetime(2025, 3, 1, 12, 0, tzinfo=MSK)
+
+
+class InsufficientDataError(ValueError):
+    pass
+
+
+class FakeBgNbd:
+    def __init__(self, seen: dict[str, Any]) -> None:
+        self.seen = seen
+
+    def p_alive(self, frequency: Any, recency: Any, age: Any) -> Any:
+        return np.full(len(frequency), 0.2)
+
+    def expected_purchases(self, t: float, frequency: Any, recency: Any, age: Any) -> Any:
+        self.seen["horizon"] = t
+        return np.full(len(frequency), 1.5)
+
+
+def install(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def fit(frequency: Any, recency: Any, age: Any) -> FakeBgNbd:
+        if fail:
+            raise InsufficientDataError("too few repeat customers")
+        seen["inputs"] = (frequency.tolist(), recency.tolist(), age.tolist())
+        return FakeBgNbd(seen)
+
+    class FakeSpend:
+        def clv(self, model: Any, frequency: Any, recency: Any, age: Any, monetary: Any,
+                horizon: int, discount_rate: float) -> Any:
+            seen["monetary"] = monetary.tolist()
+            return np.full(len(frequency), 1000.0)
+
+    bgnbd = types.ModuleType("rules.bgnbd")
+    bgnbd.fit = fit  # type: ignore[attr-defined]
+    bgnbd.InsufficientDataError = InsufficientDataError  # type: ignore[attr-defined]
+    gamma = types.ModuleType("rules.gammagamma")
+    gamma.fit = lambda frequency, monetary: FakeSpend()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "rules.bgnbd", bgnbd)
+    monkeypatch.setitem(sys.modules, "rules.gammagamma", gamma)
+    return seen
+
+
+def base() -> RulesResult:
+    deals = []
+    for customer in range(1, 41):  # 40 buyers, each with purchases 10 and 40 days ago
+        for k, days in enumerate((40, 10)):
+            moment = datetime.combine(AS_OF.date() - timedelta(days=days), time(12), MSK)
+            deals.append(Deal(id=customer * 10 + k, contact_id=customer, company_id=None,
+                              title=None, amount=1000.0 * (k + 1), currency="RUB",
+                              status="won", created_at=moment, closed_at=moment))
+    return compute([Contact(id=i) for i in range(1, 42)], deals, [], RulesConfig(), AS_OF)
+
+
+def test_fitted_model_blends_into_the_churn_score(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = install(monkeypatch)
+    result = base()
+    state = result.states[0]
+    assert seen["inputs"][0][0] == 1.0  # frequency = repeat purchase days
+    assert (seen["inputs"][1][0], seen["inputs"][2][0]) == (30.0, 40.0)  # recency, T in days
+    assert seen["monetary"][0] == 2000.0  # repeat purchases only
+    assert seen["horizon"] == 90
+    assert state.model_used == "bgnbd"
+    assert (state.p_alive, state.expected_purchases, state.predicted_clv) == (0.2, 1.5, 1000.0)
+    assert state.churn_score == pytest.approx(0.5 * 0.0 + 0.5 * 0.8)
+    assert state.churn_reasons == ("model: 20% chance still active",)
+    assert result.states[40].model_used == "signals"  # the prospect
+    assert result.metrics.predicted_clv == 1000.0
+    assert not any("BG/NBD" in n for n in result.notes)
+
+
+def test_fit_failure_falls_back_to_signals(monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch, fail=True)
+    result = base()
+    assert result.states[0].model_used == "signals"
+    assert result.states[0].p_alive is None
+    assert any("BG/NBD not fitted (too few repeat customers)" in n for n in result.notes)
