@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from connector.errors import ConfigError
+from rules.config import RulesConfig
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -129,6 +130,7 @@ class Config(_Section):
     crm: CrmConfig
     mirror: MirrorConfig = MirrorConfig()
     sync: SyncConfig = SyncConfig()
+    rules: RulesConfig = RulesConfig()
 
 
 def is_loopback_host(host: str) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "is_plausible_email",
     "is_plausible_phone",
     "local_day",
+    "wanted_fields",
 ]
 
 IntArray = npt.NDArray[np.int64]
@@ -127,7 +128,7 @@ class Aggregates:
     median_gap: FloatArray  # NaN with fewer than two distinct days
 
 
-def _wanted_fields(config: RulesConfig) -> tuple[set[str], set[str]]:
+def wanted_fields(config: RulesConfig) -> tuple[set[str], set[str]]:
     """(deal fields, customer-record fields) any rule reads."""
     deal: set[str] = set()
     record: set[str] = set()
@@ -163,7 +164,7 @@ def _birthday_parts(birthday: date | None) -> tuple[int, int]:
 def build_customers(contacts: Sequence[Contact], companies: Sequence[Company],
                     deals: Sequence[Deal], config: RulesConfig) -> Customers:
     """The live customers (contacts, or companies in B2B mode) with channels and fields."""
-    _, record_fields = _wanted_fields(config)
+    _, record_fields = wanted_fields(config)
     region = config.customer.phone_region
     if config.customer.kind == "contact":
         rows = [(c.id, *_contact_channels(c, region), *_birthday_parts(c.birthday), c)
@@ -238,7 +239,7 @@ def _scan_deals(deals: Sequence[Deal], config: RulesConfig, as_of: datetime) -> 
     by_company = config.customer.kind == "company"
     home, rates, min_amount = purchases.currency, purchases.rates, purchases.min_amount
     zone = config.zone()
-    deal_fields, _ = _wanted_fields(config)
+    deal_fields, _ = wanted_fields(config)
     scan = _DealScan(array("q"), array("q"), array("d"), array("q"), Counter(), Counter(),
                      {n: {} for n in deal_fields})
     owner_add, day_add = scan.owner.append, scan.day.append

@@ -71,7 +71,7 @@ def test_mark_deleted_keeps_row_and_reappearance_clears_it():
     mirror.write_page("contacts", [contact_row(1), contact_row(2)], [], state, seen_at="t")
     assert mirror.mark_deleted("contacts", [2, 5], "2024-06-01T00:00:00+03:00", state) == 1
     assert mirror.live_ids("contacts") == {1}
-    deleted = [r for r in mirror.rows("contacts", include_deleted=True) if r["id"] == 2][0]
+    deleted = next(r for r in mirror.rows("contacts", include_deleted=True) if r["id"] == 2)
     assert deleted["deleted_at"] == "2024-06-01T00:00:00+03:00"
     mirror.write_page("contacts", [contact_row(2)], [], state, seen_at="t")
     assert mirror.live_ids("contacts") == {1, 2}
