@@ -80,6 +80,34 @@ def m001_entities(db: Database) -> None:
     )
 
 
+@migrations()
+def m002_rules(db: Database) -> None:
+    """Create the tables ``connector.rules_io`` writes: states, the ledger, metric history."""
+    db.execute(
+        "create table customer_state (customer_id integer not null, customer_kind text "
+        "not null, lifecycle text, value_segment text, rfm_r integer, rfm_f integer, "
+        "rfm_m integer, rfm_group text, channels text, purchases integer, revenue real, "
+        "first_purchase text, last_purchase text, median_gap_days real, tier text, "
+        "perks text, points_balance integer, purchases_to_next_tier integer, "
+        "churn_score real, churn_reasons text, p_alive real, expected_purchases real, "
+        "predicted_clv real, model_used text, computed_at text, "
+        "primary key (customer_id, customer_kind))"
+    )
+    # (customer_id, entry_key) rather than entry_key alone: when a deal moves to another
+    # customer the old owner's earn is carried (and reversed) under the same key.
+    db.execute(
+        "create table points_ledger (entry_key text not null, customer_id integer not null, "
+        "customer_kind text not null, kind text not null, deal_id integer, "
+        "points integer not null, at text not null, tier_at_purchase text, reason text, "
+        "primary key (customer_id, entry_key))"
+    )
+    db.execute(
+        "create table metric_snapshots (id integer primary key, computed_at text not null, "
+        "as_of text not null, customer_kind text not null, period_start text not null, "
+        "period_end text not null, metrics text not null, notes text not null)"
+    )
+
+
 @dataclass(frozen=True)
 class SyncState:
     """Where one entity's sync stands. Pure data: ``connector.sync`` advances it."""

@@ -1,0 +1,196 @@
+"""rules_io: mirror rows → rules → customer_state / points_ledger / metric_snapshots."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from typing import Any
+
+import pytest
+
+from connector import rules_io
+from connector.mirror import Mirror, SyncState
+from connector.rules_io import load_inputs, run_rules
+from rules.config import CustomerConfig, RulesConfig
+
+AS_OF = datetime(2025, 3, 1, 12, tzinfo=UTC)
+LATER = datetime(2025, 3, 5, 12, tzinfo=UTC)
+
+
+def contact(i: int, **over: Any) -> dict[str, Any]:
+    row = {"id": i, "name": f"C{i}", "phones": [], "emails": [], "birthday": None,
+           "responsible_id": 1, "created_at": "2024-01-01T10:00:00+03:00",
+           "updated_at": "2024-01-02T10:00:00+03:00", "deleted_at": None,
+           "raw": {"ID": str(i), "NAME": f"C{i}"}}
+    row.update(over)
+    return row
+
+
+def deal(i: int, contact_id: int | None, closed: str, amount: float = 1000.0,
+         status: str = "won", company_id: int | None = None, **raw: Any) -> dict[str, Any]:
+    return {"id": i, "contact_id": contact_id, "company_id": company_id, "title": f"D{i}",
+            "amount": amount, "currency": "RUB", "status": status, "stage_id": "WON",
+            "category_id": "0", "responsible_id": 1, "created_at": closed,
+            "closed_at": None if status == "open" else closed, "updated_at": closed,
+            "deleted_at": None, "raw": {"ID": str(i), "OPPORTUNITY": str(amount), **raw}}
+
+
+def company(i: int) -> dict[str, Any]:
+    return {"id": i, "title": f"Co{i}", "responsible_id": 1,
+            "created_at": "2024-01-01T10:00:00+03:00",
+            "updated_at": "2024-01-01T10:00:00+03:00", "deleted_at": None,
+            "raw": {"ID": str(i)}}
+
+
+def write(mirror: Mirror, entity: str, rows: list[dict[str, Any]]) -> None:
+    mirror.write_page(entity, rows, [], SyncState(entity), seen_at="t")
+
+
+def shop() -> Mirror:
+    """Contact 1 bought twice (one birthday purchase) and lost a deal; contact 2 never."""
+    mirror = Mirror.memory()
+    write(mirror, "contacts", [
+        contact(1, phones=["+7 916 123-45-67"], emails=["a@b.ru"], birthday="1990-02-10"),
+        contact(2, emails=["not an email"]),
+    ])
+    write(mirror, "deals", [
+        deal(10, 1, "2025-01-15T12:00:00+03:00", 1000.0, UF_CRM_NPS="9", OTHER="x"),
+        deal(11, 1, "2025-02-10T12:00:00+03:00", 2000.0),
+        deal(12, 1, "2025-02-11T12:00:00+03:00", 5000.0, status="lost"),
+        deal(13, 2, "2025-02-12T12:00:00+03:00", 7000.0, status="open"),
+    ])
+    return mirror
+
+
+def table(mirror: Mirror, name: str, skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    cursor = mirror.db.execute(f"select * from {name} order by 1, 2")
+    names = [d[0] for d in cursor.description]
+    return [{k: v for k, v in zip(names, row, strict=True) if k not in skip}
+            for row in cursor.fetchall()]
+
+
+def balance(mirror: Mirror, customer_id: int) -> int:
+    row = mirror.db.execute("select points_balance from customer_state where customer_id = ?",
+                            [customer_id]).fetchone()
+    return int(row[0])
+
+
+def test_load_inputs_converts_types_and_keeps_deleted_rows() -> None:
+    mirror = shop()
+    mirror.mark_deleted("deals", [11], "2025-03-02T09:00:00+03:00", SyncState("deals"))
+    contacts, deals, companies = load_inputs(mirror)
+    first = contacts[0]
+    assert first.birthday == date(1990, 2, 10)
+    assert first.phones == ("+7 916 123-45-67",) and first.emails == ("a@b.ru",)
+    assert first.created_at == datetime(2024, 1, 1, 7, tzinfo=UTC)
+    assert first.created_at is not None and first.created_at.tzinfo is not None
+    by_id = {d.id: d for d in deals}
+    assert set(by_id) == {10, 11, 12, 13} and companies == []
+    assert by_id[10].fields == {"UF_CRM_NPS": "9"}  # custom fields only
+    assert by_id[11].deleted_at == datetime(2025, 3, 2, 6, tzinfo=UTC)
+    assert by_id[13].closed_at is None and by_id[13].status == "open"
+
+
+def test_run_rules_stores_states_ledger_and_a_snapshot() -> None:
+    mirror = shop()
+    result = run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    states = table(mirror, "customer_state", skip=("computed_at",))
+    assert [(s["customer_id"], s["customer_kind"], s["lifecycle"]) for s in states] == [
+        (1, "contact", "active"), (2, "contact", "prospect")]
+    one = states[0]
+    # 1000 × 3 % = 30; the second purchase is on the birthday: 2000 × 3 % × 2 = 120
+    assert (one["purchases"], one["revenue"], one["points_balance"]) == (2, 3000.0, 150)
+    assert json.loads(one["channels"]) == ["phone", "email"]
+    assert (one["first_purchase"], one["last_purchase"]) == ("2025-01-15", "2025-02-10")
+    assert json.loads(states[1]["channels"]) == ["none"] and states[1]["purchases"] == 0
+    ledger = table(mirror, "points_ledger")
+    assert [(e["entry_key"], e["points"], e["at"], e["tier_at_purchase"]) for e in ledger] == [
+        ("earn:deal:10", 30, "2025-01-15", "Bronze"), ("earn:deal:11", 120, "2025-02-10",
+                                                       "Bronze")]
+    assert "birthday" in ledger[1]["reason"] and ledger[0]["customer_kind"] == "contact"
+    snapshots = table(mirror, "metric_snapshots")
+    assert len(snapshots) == 1 and snapshots[0]["period_start"] == "2025-02-01"
+    metrics = json.loads(snapshots[0]["metrics"])
+    assert metrics["period_purchases"] == 1 == result.metrics.period_purchases
+    assert metrics["points_liability"] == 150
+    assert json.loads(snapshots[0]["notes"]) == list(result.notes)
+
+
+def test_deleted_won_deal_is_reversed_and_the_balance_drops() -> None:
+    mirror = shop()
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    assert balance(mirror, 1) == 150
+    mirror.mark_deleted("deals", [11], "2025-03-02T09:00:00+03:00", SyncState("deals"))
+    run_rules(mirror, RulesConfig(), as_of=LATER)
+    assert balance(mirror, 1) == 30
+    ledger = {e["entry_key"]: e for e in table(mirror, "points_ledger")}
+    assert ledger["earn:deal:11"]["points"] == 120  # carried over unchanged ...
+    reversal = ledger["reversal:earn:deal:11"]  # ... and reversed once, dated as_of
+    assert (reversal["points"], reversal["at"], reversal["kind"]) == (-120, "2025-03-05",
+                                                                      "reversal")
+    run_rules(mirror, RulesConfig(), as_of=LATER)
+    keys = [e["entry_key"] for e in table(mirror, "points_ledger")]
+    assert keys.count("reversal:earn:deal:11") == 1 and balance(mirror, 1) == 30
+
+
+def test_running_twice_changes_nothing_but_appends_a_snapshot() -> None:
+    mirror = shop()
+    mirror.mark_deleted("deals", [10], "2025-02-20T09:00:00+03:00", SyncState("deals"))
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    before = (table(mirror, "customer_state", skip=("computed_at",)),
+              table(mirror, "points_ledger"))
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    after = (table(mirror, "customer_state", skip=("computed_at",)),
+             table(mirror, "points_ledger"))
+    assert after == before
+    snapshots = table(mirror, "metric_snapshots", skip=("id", "computed_at"))
+    assert len(snapshots) == 2 and snapshots[0] == snapshots[1]
+
+
+def test_company_mode_reaches_companies_through_their_deals_contacts() -> None:
+    mirror = shop()
+    write(mirror, "companies", [company(100), company(200)])
+    write(mirror, "deals", [deal(20, 1, "2025-02-20T12:00:00+03:00", 10_000.0,
+                                 company_id=100)])
+    config = RulesConfig(customer=CustomerConfig(kind="company"))
+    run_rules(mirror, config, as_of=AS_OF)
+    states = table(mirror, "customer_state", skip=("computed_at",))
+    assert [(s["customer_id"], s["customer_kind"], s["purchases"]) for s in states] == [
+        (100, "company", 1), (200, "company", 0)]
+    assert json.loads(states[0]["channels"]) == ["phone", "email"]
+    assert [(e["entry_key"], e["customer_id"], e["customer_kind"], e["points"])
+            for e in table(mirror, "points_ledger")] == [
+        ("earn:deal:20", 100, "company", 300)]
+
+
+def test_a_contact_ledger_is_not_read_as_a_company_ledger() -> None:
+    mirror = shop()
+    write(mirror, "companies", [company(1)])
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)  # contact 1 earns on deals 10 and 11
+    run_rules(mirror, RulesConfig(customer=CustomerConfig(kind="company")), as_of=AS_OF)
+    # company 1 never bought: contact 1's earns must not be carried and reversed onto it
+    assert table(mirror, "points_ledger") == []
+    assert balance(mirror, 1) == 0
+
+
+def test_store_false_writes_nothing() -> None:
+    mirror = shop()
+    result = run_rules(mirror, RulesConfig(), as_of=AS_OF, store=False)
+    assert result.state_of(1).points_balance == 150
+    for name in ("customer_state", "points_ledger", "metric_snapshots"):
+        assert table(mirror, name) == []
+
+
+def test_a_failure_while_storing_keeps_the_previous_results(monkeypatch: Any) -> None:
+    mirror = shop()
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    before = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
+
+    def boom(*args: Any) -> tuple[Any, ...]:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rules_io, "_ledger_row", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_rules(mirror, RulesConfig(), as_of=LATER)
+    after = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
+    assert after == before
