@@ -11,14 +11,27 @@ matters at millions of deals.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
+import numpy as np
+import numpy.typing as npt
+
 from connector.mirror import Mirror
+from rules.columns import (
+    Codes,
+    DealColumns,
+    FieldValues,
+    PreviousLedger,
+    RecordColumns,
+    reachability,
+    utc_micros,
+    wanted_fields,
+)
 from rules.config import RulesConfig
-from rules.engine import compute
+from rules.engine import compute_columns
 from rules.models import (
     Company,
     Contact,
@@ -31,7 +44,16 @@ from rules.models import (
     RulesResult,
 )
 
-__all__ = ["load_inputs", "load_previous_ledger", "run_rules", "store_result"]
+__all__ = [
+    "load_columns",
+    "load_deal_columns",
+    "load_inputs",
+    "load_previous_columns",
+    "load_previous_ledger",
+    "load_record_columns",
+    "run_rules",
+    "store_result",
+]
 
 _BATCH = 20_000  # rows per executemany / fetchmany: bounded memory, few round trips
 
@@ -112,12 +134,169 @@ def load_inputs(mirror: Mirror) -> tuple[list[Contact], list[Deal], list[Company
 
 def load_previous_ledger(mirror: Mirror, kind: str) -> list[LedgerEntry]:
     """The stored ledger of ``kind`` customers (another kind's ids would mean other people)."""
-    sql = ("select customer_id, kind, deal_id, points, at, tier_at_purchase, reason, "
-           "entry_key from points_ledger where customer_kind = ? order by rowid")
+    sql = (f"select {_LEDGER_COLUMNS} from points_ledger where customer_kind = ? "
+           "order by rowid")
+    return [_entry(r) for r in mirror.db.execute(sql, [kind]).fetchall()]
+
+
+# -- columnar reading (the scale path) ---------------------------------------------------
+
+def _moment_sql(column: str) -> tuple[str, str]:
+    """SQL for (UTC microseconds of ``column``, the text itself when SQL cannot say exactly)."""
+    # SQLite parses the ISO text and applies its UTC offset in C; whole seconds are exact.
+    # Text with a fraction of a second (or that SQLite cannot parse) comes back as text and
+    # is converted in Python, so the result always equals rules.columns.utc_micros.
+    return (f"coalesce(unixepoch({column}), 0) * 1000000",
+            f"case when unixepoch({column}) is null or substr({column}, 20, 1) = '.' "
+            f"then {column} end")
+
+
+def _custom_sql(names: Iterable[str]) -> tuple[list[str], str, str]:
+    """(UF_* names, their JSON select list, a cheap prefilter) for the wanted fields."""
+    custom = sorted(n for n in names if n.startswith("UF_"))  # what _custom_fields keeps
+    select = ", ".join(f"raw -> '$.\"{name}\"'" for name in custom)
+    where = " or ".join(f"instr(raw, '\"{name}\"') > 0" for name in custom)
+    return custom, select, where
+
+
+def _load_fields(mirror: Mirror, table: str, names: Iterable[str]) -> FieldValues:
+    """Wanted custom-field values by record id, read from the raw JSON inside SQLite."""
+    custom, select, where = _custom_sql(names)
+    fields: FieldValues = {name: {} for name in names}
+    if not custom:
+        return fields
+    # instr() is a plain substring search: it skips json parsing for the many records
+    # that cannot hold any of the fields.
+    for row in _rows(mirror, f"select id, {select} from {table} where {where}"):
+        for name, text in zip(custom, row[1:], strict=True):
+            value = json.loads(text) if text is not None else None
+            if value is not None and value != "":
+                fields[name][row[0]] = value
+    return fields
+
+
+def _fix_moments(micros: npt.NDArray[np.int64], odd: list[tuple[int, str]]) -> None:
+    for index, text in odd:
+        moment = _moment(text)
+        if moment is None:
+            raise ValueError(f"unreadable timestamp {text!r} in the mirror")
+        micros[index] = utc_micros(moment)
+
+
+def load_deal_columns(mirror: Mirror, config: RulesConfig) -> DealColumns:
+    """Every deal (deleted ones included) as ``rules`` columns, without Deal objects."""
+    micros_sql, odd_sql = _moment_sql("coalesce(closed_at, created_at)")
+    sql = ("select id, coalesce(contact_id, -1), coalesce(company_id, -1), case status "
+           "when 'open' then 0 when 'won' then 1 when 'lost' then 2 else -1 end, "
+           f"coalesce(amount, 0.0), currency, category_id, {micros_sql}, {odd_sql}, "
+           "deleted_at is not null from deals")
+    parts: list[list[Any]] = [[] for _ in range(10)]
+    currency, category = Codes(), Codes()
+    odd: list[tuple[int, str]] = []
+    seen = 0
+    cursor = mirror.db.execute(sql)
+    while batch := cursor.fetchmany(_BATCH):
+        columns = list(zip(*batch, strict=True))
+        for i in (0, 1, 2, 3, 4, 7, 9):
+            parts[i].append(np.array(columns[i]))
+        parts[5].append(np.fromiter(map(currency, columns[5]), np.int16, len(batch)))
+        parts[6].append(np.fromiter(map(category, columns[6]), np.int32, len(batch)))
+        odd.extend((seen + i, t) for i, t in enumerate(columns[8]) if t is not None)
+        seen += len(batch)
+    col = [np.concatenate(p) if p else np.zeros(0) for p in parts]
+    moment = col[7].astype(np.int64)
+    _fix_moments(moment, odd)
+    deal_fields, _ = wanted_fields(config)
+    return DealColumns(
+        id=col[0].astype(np.int64), contact_id=col[1].astype(np.int64),
+        company_id=col[2].astype(np.int64), status=col[3].astype(np.int8),
+        amount=col[4].astype(np.float64), currency=col[5].astype(np.int16),
+        currencies=currency.names(), category=col[6].astype(np.int32),
+        categories=category.names(), moment=moment, deleted=col[9].astype(np.bool_),
+        fields=_load_fields(mirror, "deals", deal_fields),
+    )
+
+
+def _channels(phones: str | None, emails: str | None, region: str) -> tuple[bool, bool]:
+    # "[]" is by far the most common value: no need to parse it.
+    return reachability(json.loads(phones) if phones and phones != "[]" else (),
+                        json.loads(emails) if emails and emails != "[]" else (), region)
+
+
+def load_record_columns(mirror: Mirror, table: str, config: RulesConfig) -> RecordColumns:
+    """Contacts or companies (deleted included) as ``rules`` columns."""
+    if table == "contacts":
+        sql = ("select id, deleted_at is not null, phones, emails, "
+               "coalesce(cast(strftime('%m', birthday) as integer), 0), "
+               "coalesce(cast(strftime('%d', birthday) as integer), 0) from contacts")
+    else:  # a company's channels come from its deals' contacts
+        sql = "select id, deleted_at is not null, null, null, 0, 0 from companies"
+    region = config.customer.phone_region
+    ids, deleted, phone, email, month, day = [], [], [], [], [], []
+    for row in _rows(mirror, sql):
+        ids.append(row[0])
+        deleted.append(row[1])
+        reach = _channels(row[2], row[3], region)
+        phone.append(reach[0])
+        email.append(reach[1])
+        month.append(row[4])
+        day.append(row[5])
+    _, record_fields = wanted_fields(config)
+    return RecordColumns(
+        ids=np.array(ids, dtype=np.int64), deleted=np.array(deleted, dtype=np.bool_),
+        has_phone=np.array(phone, dtype=np.bool_), has_email=np.array(email, dtype=np.bool_),
+        birth_month=np.array(month, dtype=np.int64), birth_day=np.array(day, dtype=np.int64),
+        fields=_load_fields(mirror, table, record_fields),
+    )
+
+
+def load_columns(mirror: Mirror, config: RulesConfig
+                 ) -> tuple[RecordColumns, DealColumns, RecordColumns]:
+    """Contacts, deals and companies as columns: what ``run_rules`` feeds the engine."""
+    return (load_record_columns(mirror, "contacts", config), load_deal_columns(mirror, config),
+            load_record_columns(mirror, "companies", config))
+
+
+_LEDGER_COLUMNS = "customer_id, kind, deal_id, points, at, tier_at_purchase, reason, entry_key"
+
+
+def _entry(r: Sequence[Any]) -> LedgerEntry:
+    return LedgerEntry(r[0], cast(LedgerKind, r[1]), r[2], r[3], date.fromisoformat(r[4]),
+                       r[5], r[6] or "", r[7])
+
+
+class _StoredEarns:
+    """Fetches stored earn entries by position, for the few the engine carries over."""
+
+    def __init__(self, mirror: Mirror, rowids: npt.NDArray[np.int64]) -> None:
+        self.mirror = mirror
+        self.rowids = rowids
+
+    def __call__(self, positions: npt.NDArray[np.int64]) -> list[LedgerEntry]:
+        wanted = self.rowids[positions].tolist()
+        found: dict[int, LedgerEntry] = {}
+        for lo in range(0, len(wanted), 500):
+            chunk = wanted[lo:lo + 500]
+            sql = (f"select rowid, {_LEDGER_COLUMNS} from points_ledger "
+                   f"where rowid in ({','.join('?' * len(chunk))})")
+            for row in self.mirror.db.execute(sql, chunk).fetchall():
+                found[row[0]] = _entry(row[1:])
+        return [found[r] for r in wanted]
+
+
+def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:
+    """The stored ledger of ``kind`` customers, earns as columns (fetched in full on demand)."""
+    sql = ("select rowid, customer_id, coalesce(deal_id, -1) from points_ledger "
+           "where customer_kind = ? and kind = 'earn' order by rowid")
     cursor = mirror.db.execute(sql, [kind])
-    return [LedgerEntry(r[0], cast(LedgerKind, r[1]), r[2], r[3], date.fromisoformat(r[4]),
-                        r[5], r[6] or "", r[7])
-            for r in cursor.fetchall()]
+    earns = np.fromiter(cursor, dtype=[("rowid", "i8"), ("customer", "i8"), ("deal", "i8")])
+    others = mirror.db.execute(
+        f"select {_LEDGER_COLUMNS} from points_ledger where customer_kind = ? "
+        "and kind in ('bonus', 'redeem', 'reversal') order by rowid", [kind]).fetchall()
+    return PreviousLedger(earn_customer=earns["customer"].copy(),
+                          earn_deal=earns["deal"].copy(),
+                          earn_entries=_StoredEarns(mirror, earns["rowid"].copy()),
+                          others=[_entry(r) for r in others])
 
 
 # -- writing ----------------------------------------------------------------------------
@@ -183,9 +362,9 @@ def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = N
     now = datetime.now(UTC)
     as_of = as_of or now
     kind = config.customer.kind
-    previous = load_previous_ledger(mirror, kind)
-    contacts, deals, companies = load_inputs(mirror)
-    result = compute(contacts, deals, companies, config, as_of, previous_ledger=previous)
+    previous = load_previous_columns(mirror, kind)
+    contacts, deals, companies = load_columns(mirror, config)
+    result = compute_columns(contacts, deals, companies, config, as_of, previous)
     if store:
         store_result(mirror, result, kind, as_of, now.isoformat(timespec="seconds"))
     return result

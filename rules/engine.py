@@ -15,6 +15,14 @@ from typing import cast
 import numpy as np
 
 from rules.churn import ChurnSignals, ModelFit, churn_reasons, churn_signals, fit_models
+from rules.columns import (
+    DealColumns,
+    PreviousLedger,
+    RecordColumns,
+    company_columns,
+    contact_columns,
+    deal_columns,
+)
 from rules.config import RulesConfig
 from rules.history import (
     Aggregates,
@@ -40,7 +48,7 @@ from rules.models import (
 from rules.rfm import RfmScores, rfm_scores
 from rules.segments import LIFECYCLES, VALUE_SEGMENTS, channels_of, lifecycle_codes, value_codes
 
-__all__ = ["compute"]
+__all__ = ["compute", "compute_columns"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +142,7 @@ def _snapshot(cols: _Columns, config: RulesConfig) -> Snapshot:
 
 
 def _columns(history: PurchaseHistory, config: RulesConfig,
-             previous_ledger: Sequence[LedgerEntry]) -> _Columns:
+             previous_ledger: PreviousLedger) -> _Columns:
     agg = aggregate(history)
     signals = churn_signals(history, agg, config.churn)
     model = fit_models(history, agg, config.model)
@@ -157,12 +165,27 @@ def compute(contacts: Sequence[Contact], deals: Sequence[Deal], companies: Seque
 
     ``as_of`` must be timezone-aware; deals closed after it are ignored.  ``period``
     defaults to the last ``metrics.period_months`` full calendar months before ``as_of``.
+    The records are turned into columns first; see :func:`compute_columns`.
+    """
+    return compute_columns(contact_columns(contacts, config), deal_columns(deals, config),
+                           company_columns(companies, config), config, as_of,
+                           previous_ledger, period)
+
+
+def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: RecordColumns,
+                    config: RulesConfig, as_of: datetime,
+                    previous_ledger: Sequence[LedgerEntry] | PreviousLedger = (),
+                    period: tuple[date, date] | None = None) -> RulesResult:
+    """:func:`compute` on columnar inputs (``rules.columns``): no record objects needed.
+
+    This is the entry point for readers that can produce columns themselves (the mirror
+    reads SQLite straight into numpy), which keeps millions of deals cheap in memory.
     """
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
     customers = build_customers(contacts, companies, deals, config)
     history = build_history(customers, deals, config, as_of)
-    cols = _columns(history, config, previous_ledger)
+    cols = _columns(history, config, PreviousLedger.of(previous_ledger))
     start, end = period or default_period(date.fromordinal(history.as_of_day),
                                           config.metrics.period_months)
     metrics = compute_metrics(history, start, end, config.metrics, _snapshot(cols, config))

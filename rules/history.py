@@ -1,30 +1,42 @@
-"""CRM records → columnar purchase history: one pass over deals, one sort, numpy from then on.
+"""Columnar CRM records → purchase history: vectorised filters, one sort, numpy throughout.
 
-Everything downstream (segments, RFM, loyalty, churn, metrics) reads these arrays, so the
-per-record Python work happens exactly once here.  Purchase *days* are calendar days in the
+The inputs are ``rules.columns`` (built from record objects by ``compute()`` or straight
+from the mirror by ``connector.rules_io``); everything downstream (segments, RFM, loyalty,
+churn, metrics) reads the arrays built here.  Purchase *days* are calendar days in the
 portal's time zone, stored as proleptic ordinals (``date.toordinal()``).
 """
 
 from __future__ import annotations
 
-import re
-from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, tzinfo
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 
 import numpy as np
 import numpy.typing as npt
 
+from rules.columns import (
+    STATUSES,
+    BoolArray,
+    DealColumns,
+    FieldValues,
+    IntArray,
+    RecordColumns,
+    is_plausible_email,
+    is_plausible_phone,
+    local_days,
+    utc_micros,
+    wanted_fields,
+)
 from rules.config import RulesConfig
-from rules.models import Company, Contact, Deal
 
 __all__ = [
     "Aggregates",
+    "BoolArray",
     "Customers",
     "FieldValues",
+    "FloatArray",
+    "IntArray",
     "PurchaseHistory",
     "aggregate",
     "build_customers",
@@ -35,39 +47,12 @@ __all__ = [
     "wanted_fields",
 ]
 
-IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-FieldValues = dict[str, dict[int, Any]]  # field name -> {record key -> non-empty value}
-
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$")
-_PHONE_NOISE = re.compile(r"[\s()\-.]")
-_RU_PHONE = re.compile(r"^(?:\+7|8)\d{10}$")
 
 
 def local_day(moment: datetime, zone: tzinfo) -> int:
     """The calendar day (ordinal) of an aware ``moment`` in the portal's ``zone``."""
     return moment.astimezone(zone).toordinal()
-
-
-def is_plausible_email(address: str) -> bool:
-    """A syntactic sanity check (one @, a dotted domain), not deliverability."""
-    return bool(_EMAIL.match(address.strip()))
-
-
-def is_plausible_phone(number: str, region: str) -> bool:
-    """True when ``phonenumbers`` parses ``number`` (default ``region``) as a possible number."""
-    # phonenumbers.parse costs ~10 µs; the common Russian shapes are decided by a regex
-    # that agrees with it (10 national digits after +7 or the trunk prefix 8).
-    if region == "RU" and _RU_PHONE.match(_PHONE_NOISE.sub("", number)):
-        return True
-    import phonenumbers
-
-    try:
-        parsed = phonenumbers.parse(number, region)
-    except phonenumbers.NumberParseException:
-        return False
-    return bool(phonenumbers.is_possible_number(parsed))
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,158 +113,132 @@ class Aggregates:
     median_gap: FloatArray  # NaN with fewer than two distinct days
 
 
-def wanted_fields(config: RulesConfig) -> tuple[set[str], set[str]]:
-    """(deal fields, customer-record fields) any rule reads."""
-    deal: set[str] = set()
-    record: set[str] = set()
-    conditions = [*config.loyalty.bonuses, *config.churn.negative_feedback]
-    for cond in conditions:
-        (deal if cond.entity == "deal" else record).add(cond.field)
-    if config.loyalty.redeem_field:
-        deal.add(config.loyalty.redeem_field)
-    if config.churn.ignored_field:
-        target = deal if config.churn.ignored_entity == "deal" else record
-        target.add(config.churn.ignored_field)
-    return deal, record
+def _by_id(ids: IntArray, fields: FieldValues, rows_of: IntArray) -> FieldValues:
+    """Re-key field values from record id to customer row (records that are customers)."""
+    row_of = dict(zip(ids.tolist(), rows_of.tolist(), strict=True))
+    out: FieldValues = {}
+    for name, values in fields.items():
+        rows = ((row_of.get(key, -1), value) for key, value in values.items())
+        out[name] = {row: value for row, value in rows if row >= 0}
+    return out
 
 
-def _collect_fields(store: FieldValues, key: int, values: Mapping[str, Any],
-                    names: Iterable[str]) -> None:
-    for name in names:
-        value = values.get(name)
-        if value is not None and value != "":
-            store[name][key] = value
-
-
-def _contact_channels(contact: Contact, region: str) -> tuple[bool, bool]:
-    phone = any(is_plausible_phone(p, region) for p in contact.phones if p)
-    email = any(is_plausible_email(e) for e in contact.emails if e)
-    return phone, email
-
-
-def _birthday_parts(birthday: date | None) -> tuple[int, int]:
-    return (birthday.month, birthday.day) if birthday is not None else (0, 0)
-
-
-def build_customers(contacts: Sequence[Contact], companies: Sequence[Company],
-                    deals: Sequence[Deal], config: RulesConfig) -> Customers:
-    """The live customers (contacts, or companies in B2B mode) with channels and fields."""
-    _, record_fields = wanted_fields(config)
-    region = config.customer.phone_region
-    if config.customer.kind == "contact":
-        rows = [(c.id, *_contact_channels(c, region), *_birthday_parts(c.birthday), c)
-                for c in contacts if c.deleted_at is None]
-        rows.sort(key=lambda r: r[0])
-        return _customers_from_rows("contact", rows, record_fields)
-    return _company_customers(contacts, companies, deals, config, record_fields)
-
-
-def _customers_from_rows(kind: str, rows: list[tuple[Any, ...]],
-                         record_fields: set[str]) -> Customers:
-    fields: FieldValues = {name: {} for name in record_fields}
-    if record_fields:
-        for row_no, row in enumerate(rows):
-            if row[5].fields:
-                _collect_fields(fields, row_no, row[5].fields, record_fields)
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 6
+def _live_customers(kind: str, records: RecordColumns, has_phone: BoolArray,
+                    has_email: BoolArray) -> Customers:
+    live = np.flatnonzero(~records.deleted)
+    order = live[np.argsort(records.ids[live], kind="stable")]
+    ids = records.ids[order]
+    row_of = np.arange(len(ids), dtype=np.int64)
+    used = {name: values for name, values in records.fields.items()}
     return Customers(
-        kind=kind,
-        ids=np.array(cols[0], dtype=np.int64),
-        has_phone=np.array(cols[1], dtype=np.bool_),
-        has_email=np.array(cols[2], dtype=np.bool_),
-        birth_month=np.array(cols[3], dtype=np.int64),
-        birth_day=np.array(cols[4], dtype=np.int64),
-        fields=fields,
+        kind=kind, ids=ids, has_phone=has_phone[order], has_email=has_email[order],
+        birth_month=records.birth_month[order].astype(np.int64),
+        birth_day=records.birth_day[order].astype(np.int64),
+        fields=_by_id(ids, used, row_of) if used else {},
     )
 
 
-def _company_customers(contacts: Sequence[Contact], companies: Sequence[Company],
-                       deals: Sequence[Deal], config: RulesConfig,
-                       record_fields: set[str]) -> Customers:
-    # A company has no phones of its own in the mirror: it is reachable through the
-    # contacts that appear on its deals.
-    region = config.customer.phone_region
-    reach: dict[int, tuple[bool, bool]] = {}
-    linked = {d.contact_id for d in deals if d.company_id is not None and d.contact_id}
-    for c in contacts:
-        if c.id in linked and c.deleted_at is None:
-            reach[c.id] = _contact_channels(c, region)
-    company_reach: dict[int, tuple[bool, bool]] = {}
-    for d in deals:
-        if d.company_id is None or d.contact_id not in reach or d.deleted_at is not None:
-            continue
-        phone, email = reach[d.contact_id]
-        old = company_reach.get(d.company_id, (False, False))
-        company_reach[d.company_id] = (old[0] or phone, old[1] or email)
-    rows = [(c.id, *company_reach.get(c.id, (False, False)), 0, 0, c)
-            for c in companies if c.deleted_at is None]
-    rows.sort(key=lambda r: r[0])
-    return _customers_from_rows("company", rows, record_fields)
+def build_customers(contacts: RecordColumns, companies: RecordColumns, deals: DealColumns,
+                    config: RulesConfig) -> Customers:
+    """The live customers (contacts, or companies in B2B mode) with channels and fields."""
+    if config.customer.kind == "contact":
+        return _live_customers("contact", contacts, contacts.has_phone, contacts.has_email)
+    phone, email = _company_reach(contacts, companies, deals)
+    no_birthday = RecordColumns(companies.ids, companies.deleted, phone, email,
+                                np.zeros(len(companies), dtype=np.int64),
+                                np.zeros(len(companies), dtype=np.int64), companies.fields)
+    return _live_customers("company", no_birthday, phone, email)
+
+
+def _company_reach(contacts: RecordColumns, companies: RecordColumns,
+                   deals: DealColumns) -> tuple[BoolArray, BoolArray]:
+    # A company has no phones of its own in the mirror: it is reachable through the live
+    # contacts on its live deals.
+    live = np.flatnonzero(~contacts.deleted)
+    order = live[np.argsort(contacts.ids[live], kind="stable")]
+    contact_row = _rows_in(contacts.ids[order], deals.contact_id)
+    company_row = _rows_in(companies.ids, deals.company_id)
+    linked = (~deals.deleted) & (contact_row >= 0) & (company_row >= 0) & (deals.company_id >= 0)
+    phone = np.zeros(len(companies), dtype=np.bool_)
+    email = np.zeros(len(companies), dtype=np.bool_)
+    phone[company_row[linked & contacts.has_phone[order][np.maximum(contact_row, 0)]]] = True
+    email[company_row[linked & contacts.has_email[order][np.maximum(contact_row, 0)]]] = True
+    return phone, email
+
+
+def _rows_in(ids: IntArray, wanted: IntArray) -> IntArray:
+    """Position of each ``wanted`` id in ``ids`` (any order), -1 when absent."""
+    if len(ids) == 0:
+        return np.full(len(wanted), -1, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    pos = np.minimum(np.searchsorted(ids[order], wanted), len(ids) - 1)
+    return np.where(ids[order][pos] == wanted, order[pos], -1).astype(np.int64)
 
 
 @dataclass
 class _DealScan:
-    """Columns and exclusion counters filled by one pass over the deals."""
+    """What survives the purchase filters, and why the rest did not."""
 
-    # array.array keeps 8 raw bytes per value; a list of ints would hold 5M int objects
-    # (~36 bytes each) per column at benchmark scale.
-    owner: array[int]
-    day: array[int]
-    amount: array[float]
-    deal_id: array[int]
-    excluded: Counter[str]
-    converted: Counter[str]
-    fields: FieldValues
+    keep: BoolArray
+    amount: FloatArray
+    excluded: Counter[str] = field(default_factory=Counter)
+    converted: Counter[str] = field(default_factory=Counter)
+
+    def drop(self, reason: str, mask: BoolArray) -> None:
+        """Exclude the kept deals in ``mask``, counting them under ``reason``."""
+        hit = self.keep & mask
+        count = int(hit.sum())
+        if count:
+            self.excluded[reason] += count
+            self.keep &= ~hit
 
 
-def _scan_deals(deals: Sequence[Deal], config: RulesConfig, as_of: datetime) -> _DealScan:
+def _codes_of(names: tuple[str, ...], wanted: tuple[str, ...]) -> list[int]:
+    return [code for code, name in enumerate(names) if name in wanted]
+
+
+def _scan_currencies(scan: _DealScan, deals: DealColumns, config: RulesConfig) -> None:
     purchases = config.purchases
-    statuses = frozenset(purchases.statuses)
-    categories = frozenset(purchases.categories)
-    by_company = config.customer.kind == "company"
-    home, rates, min_amount = purchases.currency, purchases.rates, purchases.min_amount
-    zone = config.zone()
-    deal_fields, _ = wanted_fields(config)
-    scan = _DealScan(array("q"), array("q"), array("d"), array("q"), Counter(), Counter(),
-                     {n: {} for n in deal_fields})
-    owner_add, day_add = scan.owner.append, scan.day.append
-    amount_add, id_add, excluded = scan.amount.append, scan.deal_id.append, scan.excluded
-    for d in deals:
-        if d.deleted_at is not None:
-            excluded["deleted"] += 1
+    for code, name in enumerate(deals.currencies):
+        if name == purchases.currency:
             continue
-        if d.status not in statuses:
+        mask = deals.currency == code
+        rate = purchases.rates.get(name)
+        if rate is None:
+            scan.drop(f"currency:{name}", mask)
             continue
-        owner = d.company_id if by_company else d.contact_id
-        if owner is None:
-            excluded["no_customer"] += 1
-            continue
-        if categories and d.category_id not in categories:
-            excluded["category"] += 1
-            continue
-        amount = d.amount or 0.0
-        currency = d.currency
-        if currency and currency != home:
-            rate = rates.get(currency)
-            if rate is None:
-                excluded[f"currency:{currency}"] += 1
-                continue
-            scan.converted[currency] += 1
-            amount *= rate
-        if amount < min_amount:
-            excluded["min_amount"] += 1
-            continue
-        moment = d.closed_at or d.created_at
-        if moment > as_of:
-            excluded["after_as_of"] += 1
-            continue
-        owner_add(owner)
-        day_add(moment.astimezone(zone).toordinal())
-        amount_add(amount)
-        id_add(d.id)
-        if deal_fields and d.fields:
-            _collect_fields(scan.fields, d.id, d.fields, deal_fields)
+        converting = scan.keep & mask
+        if converting.any():
+            scan.converted[name] += int(converting.sum())
+            scan.amount[converting] *= rate
+
+
+def _scan_deals(deals: DealColumns, config: RulesConfig, as_of: datetime) -> _DealScan:
+    # The filters run in this order so every excluded deal is counted once, under the
+    # first reason that applies (the notes promise as much).
+    purchases = config.purchases
+    scan = _DealScan(np.ones(len(deals), dtype=np.bool_), deals.amount.astype(np.float64))
+    scan.drop("deleted", deals.deleted)
+    scan.keep &= np.isin(deals.status, [STATUSES.index(s) for s in purchases.statuses])
+    owner = deals.company_id if config.customer.kind == "company" else deals.contact_id
+    scan.drop("no_customer", owner < 0)
+    if purchases.categories:
+        known = _codes_of(deals.categories, purchases.categories)
+        scan.drop("category", ~np.isin(deals.category, known))
+    _scan_currencies(scan, deals, config)
+    scan.drop("min_amount", scan.amount < purchases.min_amount)
+    scan.drop("after_as_of", deals.moment > utc_micros(as_of))
     return scan
+
+
+def _kept_fields(deals: DealColumns, keep: BoolArray) -> FieldValues:
+    kept_ids = deals.id[keep]
+    out: FieldValues = {}
+    for name, values in deals.fields.items():
+        keys = np.fromiter(values.keys(), dtype=np.int64, count=len(values))
+        inside = np.isin(keys, kept_ids).tolist()
+        out[name] = {k: v for (k, v), ok in zip(values.items(), inside, strict=True) if ok}
+    return out
 
 
 def _scan_notes(scan: _DealScan, unknown_owner: int, config: RulesConfig) -> list[str]:
@@ -307,17 +266,18 @@ def _scan_notes(scan: _DealScan, unknown_owner: int, config: RulesConfig) -> lis
     return notes
 
 
-def build_history(customers: Customers, deals: Sequence[Deal], config: RulesConfig,
+def build_history(customers: Customers, deals: DealColumns, config: RulesConfig,
                   as_of: datetime) -> PurchaseHistory:
     """Counted purchases of ``customers`` up to ``as_of``, sorted once, as numpy columns."""
     scan = _scan_deals(deals, config, as_of)
-    rows = customers.rows_of(np.frombuffer(scan.owner, dtype=np.int64))
+    kept = np.flatnonzero(scan.keep)
+    owners = deals.company_id if config.customer.kind == "company" else deals.contact_id
+    rows = customers.rows_of(owners[kept])
     known = rows >= 0
-    day = np.frombuffer(scan.day, dtype=np.int64)[known]
-    deal_id = np.frombuffer(scan.deal_id, dtype=np.int64)[known]
-    amount = np.frombuffer(scan.amount, dtype=np.float64)[known]
-    amount_kop = np.rint(amount * 100).astype(np.int64)
-    cust = rows[known]
+    chosen = kept[known]
+    day = local_days(deals.moment[chosen], config.zone())
+    amount_kop = np.rint(scan.amount[chosen] * 100).astype(np.int64)
+    deal_id, cust = deals.id[chosen], rows[known]
     order = np.lexsort((deal_id, day, cust))
     cust, day, deal_id, amount_kop = cust[order], day[order], deal_id[order], amount_kop[order]
     starts = np.searchsorted(cust, np.arange(len(customers) + 1)).astype(np.int64)
@@ -325,7 +285,7 @@ def build_history(customers: Customers, deals: Sequence[Deal], config: RulesConf
     return PurchaseHistory(
         customers=customers, as_of_day=local_day(as_of, config.zone()), cust=cust, day=day,
         amount=amount_kop / 100.0, amount_kop=amount_kop, deal_id=deal_id, starts=starts,
-        deal_fields=scan.fields, notes=tuple(notes),
+        deal_fields=_kept_fields(deals, scan.keep), notes=tuple(notes),
     )
 
 

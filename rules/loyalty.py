@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from rules.columns import PreviousLedger
 from rules.config import BonusRule, FieldCondition, LoyaltyConfig, TierConfig
 from rules.history import BoolArray, IntArray, PurchaseHistory
 from rules.models import LedgerEntry, RowSequence
@@ -150,7 +151,7 @@ class _LedgerBuilder:
     """Holds the inputs of one ledger build; each method is one step of it."""
 
     def __init__(self, history: PurchaseHistory, cfg: LoyaltyConfig,
-                 previous: Sequence[LedgerEntry]) -> None:
+                 previous: PreviousLedger) -> None:
         self.h = history
         self.cfg = cfg
         self.previous = previous
@@ -252,35 +253,30 @@ class _LedgerBuilder:
                 if pos >= 0]
 
     # -- the previous ledger -------------------------------------------------------------
-    def scan_previous(self) -> tuple[list[LedgerEntry], list[LedgerEntry],
-                                     dict[tuple[int, str], LedgerEntry]]:
-        """Split the previous ledger into (earns, bonuses+redeems, reversals by target)."""
-        earns: list[LedgerEntry] = []
+    def scan_previous(self) -> tuple[list[LedgerEntry], dict[tuple[int, str], LedgerEntry]]:
+        """Split the previous non-earn entries into (bonuses+redeems, reversals by target)."""
         others: list[LedgerEntry] = []
         reversals: dict[tuple[int, str], LedgerEntry] = {}
-        for entry in self.previous:
+        for entry in self.previous.others:
             kind = entry.kind
-            if kind == "earn":
-                earns.append(entry)
-            elif kind == "reversal":
+            if kind == "reversal":
                 reversals[(entry.customer_id, entry.entry_key[len("reversal:"):])] = entry
-            elif kind != "expire":  # expiries are always re-derived
+            elif kind != "expire" and kind != "earn":  # expiries are always re-derived
                 others.append(entry)
                 if kind == "bonus":
                     self.prev_at[entry.entry_key] = entry.at
-        return earns, others, reversals
+        return others, reversals
 
-    def vanished_earns(self, earns: list[LedgerEntry]) -> list[LedgerEntry]:
+    def vanished_earns(self) -> list[LedgerEntry]:
         """Previous earns whose (customer, deal) is no longer a counted purchase."""
-        if not earns:
+        prev = self.previous
+        if len(prev.earn_customer) == 0:
             return []
-        prev_rows = self.h.customers.rows_of(np.array([e.customer_id for e in earns],
-                                                      dtype=np.int64))
-        prev_deals = np.array([e.deal_id if e.deal_id is not None else -1 for e in earns],
-                              dtype=np.int64)
+        prev_rows = self.h.customers.rows_of(prev.earn_customer)
         current = (self.h.cust << 32) | self.h.deal_id
-        still = np.isin((prev_rows << 32) | prev_deals, current) & (prev_rows >= 0)
-        return [e for e, keep in zip(earns, still.tolist(), strict=True) if not keep]
+        still = np.isin((prev_rows << 32) | prev.earn_deal, current) & (prev_rows >= 0)
+        del current, prev_rows
+        return list(prev.earn_entries(np.flatnonzero(~still)))
 
     def carried_events(self, vanished: list[LedgerEntry],
                        reversals: dict[tuple[int, str], LedgerEntry]
@@ -460,17 +456,17 @@ def _extra_sort_key(entry: LedgerEntry) -> tuple[int, int, int]:
 
 
 def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
-                 previous: Sequence[LedgerEntry] = ()) -> Ledger:
+                 previous: Sequence[LedgerEntry] | PreviousLedger = ()) -> Ledger:
     """The full ledger as of ``history.as_of_day``, with per-customer balance and tier."""
-    b = _LedgerBuilder(history, cfg, previous)
+    b = _LedgerBuilder(history, cfg, PreviousLedger.of(previous))
     earns = b.earns()
-    prev_earns, prev_others, prev_reversals = b.scan_previous()
+    prev_others, prev_reversals = b.scan_previous()
     events: list[tuple[int, _Event]] = []
     for rule in cfg.bonuses:
         events.extend(b.bonus_entries(rule, earns))
     redeems = b.redemption_requests()
     derived = {(int(b.ids[row]), ev.key) for row, ev in [*events, *redeems]}
-    vanished = b.vanished_earns(prev_earns) + [
+    vanished = b.vanished_earns() + [
         e for e in prev_others if (e.customer_id, e.entry_key) not in derived]
     carried = b.carried_events(vanished, prev_reversals)
     walk_rows = {row for row, _ in redeems} | {row for row, _ in carried}

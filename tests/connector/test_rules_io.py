@@ -12,6 +12,7 @@ from connector import rules_io
 from connector.mirror import Mirror, SyncState
 from connector.rules_io import load_inputs, run_rules
 from rules.config import CustomerConfig, RulesConfig
+from rules.engine import compute
 
 AS_OF = datetime(2025, 3, 1, 12, tzinfo=UTC)
 LATER = datetime(2025, 3, 5, 12, tzinfo=UTC)
@@ -194,3 +195,55 @@ def test_a_failure_while_storing_keeps_the_previous_results(monkeypatch: Any) ->
         run_rules(mirror, RulesConfig(), as_of=LATER)
     after = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
     assert after == before
+
+
+def rich_shop() -> Mirror:
+    """Everything the SQL column reader converts itself: offsets, fractions, codes, fields."""
+    mirror = shop()
+    write(mirror, "contacts", [
+        contact(3, phones=["8 (916) 000-11-22"], birthday="1985-12-31"),
+        contact(4, deleted_at="2025-01-01T00:00:00+00:00", phones=["+79160001122"]),
+    ])
+    write(mirror, "companies", [company(100)])
+    write(mirror, "deals", [
+        # a fraction of a second just after as_of: excluded, exactly as compute() decides
+        deal(30, 3, "2025-03-01T15:00:00.000001+03:00", 500.0),
+        deal(31, 3, "2025-02-28T23:30:00-05:00", 800.0, UF_CRM_POINTS_SPENT="10",
+             UF_CRM_REVIEW="Y"),
+        deal(32, 3, "2025-01-01T00:00:00.5+00:00", 1.5, UF_CRM_NPS=3),
+        deal(33, 4, "2025-02-01T12:00:00+03:00", 900.0),
+        deal(34, None, "2025-02-01T12:00:00+03:00", 900.0, company_id=100),
+        {**deal(35, 3, "2024-12-01T12:00:00Z", 100.0), "currency": "USD"},
+        {**deal(36, 3, "2024-12-02T12:00:00+03:00", 100.0), "currency": "EUR"},
+        {**deal(37, 3, "2024-12-03T12:00:00+03:00", 100.0), "category_id": "7"},
+        {**deal(38, 3, "2024-12-04T12:00:00+03:00", 100.0), "amount": None},
+        deal(39, 3, "2024-09-01T12:00:00+03:00", 1000.0),
+    ])
+    return mirror
+
+
+RICH = RulesConfig.model_validate({
+    "purchases": {"rates": {"USD": 90.0}, "categories": ["0"]},
+    "loyalty": {"bonuses": [{"field": "UF_CRM_REVIEW", "entity": "deal", "equals": "Y",
+                             "points": 200, "reason": "review"}], "expiry_days": 120},
+})
+
+
+@pytest.mark.parametrize("kind", ["contact", "company"])
+def test_the_column_reader_matches_the_record_reader(kind: str) -> None:
+    mirror = rich_shop()
+    config = RICH.model_copy(update={"customer": CustomerConfig(kind=kind)})
+    via_columns = run_rules(mirror, config, as_of=AS_OF, store=False)
+    contacts, deals, companies = load_inputs(mirror)
+    via_records = compute(contacts, deals, companies, config, AS_OF)
+    assert list(via_columns.states) == list(via_records.states)
+    assert list(via_columns.ledger) == list(via_records.ledger)
+    assert via_columns.metrics == via_records.metrics
+    assert via_columns.notes == via_records.notes
+    if kind == "contact":  # the cases above really were exercised
+        assert any("USD" in n for n in via_columns.notes)
+        assert any("EUR" in n for n in via_columns.notes)
+        assert any("after as_of" in n for n in via_columns.notes)
+        keys = {e.entry_key for e in via_columns.ledger}
+        assert {"bonus:UF_CRM_REVIEW:deal:31", "redeem:deal:31", "earn:deal:32",
+                "expire:earn:deal:39"} <= keys
