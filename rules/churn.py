@@ -17,7 +17,7 @@ import numpy as np
 
 from rules.config import ChurnConfig, FieldCondition, ModelConfig
 from rules.history import Aggregates, BoolArray, FloatArray, IntArray, PurchaseHistory
-from rules.loyalty import condition_matches
+from rules.points import condition_matches
 
 __all__ = ["ChurnSignals", "ModelFit", "churn_reasons", "churn_signals", "fit_models"]
 

@@ -13,7 +13,8 @@ Rules (docs/rules.md has the full story):
   carried over and reversed exactly once (``reversal:<key>``).
 
 Earns are computed as numpy columns; only customers with redemptions or reversals go
-through the sequential lot walk (``_walk``) below.
+through the sequential lot walk (``rules.lots``).  Point arithmetic lives in
+``rules.points``; its public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,15 +23,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from rules.columns import PreviousLedger
-from rules.config import BonusRule, FieldCondition, LoyaltyConfig, TierConfig
+from rules.config import BonusRule, LoyaltyConfig
 from rules.history import BoolArray, IntArray, PurchaseHistory
+from rules.lots import (
+    PHASE_DEAL,
+    PHASE_EXPIRE,
+    PHASE_RECORD,
+    PHASE_REVERSAL,
+    SUB_BONUS,
+    SUB_EARN,
+    SUB_REDEEM,
+    Event,
+    Lots,
+    carried_event,
+    reversal_event,
+)
 from rules.models import LedgerEntry, RowSequence
+from rules.points import (
+    basis_points,
+    birthday_mask,
+    condition_matches,
+    earn_points,
+    tier_index,
+)
 
 __all__ = [
     "Ledger",
@@ -40,78 +60,6 @@ __all__ = [
     "earn_points",
     "tier_index",
 ]
-
-EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-# Sort phases inside one day: expiries first (a lot expiring today is gone today), then
-# deal events in deal order (redeem before the same deal's earn: points earned on an order
-# cannot pay for it), then record-level bonuses, then reversals.
-PHASE_EXPIRE, PHASE_DEAL, PHASE_RECORD, PHASE_REVERSAL = range(4)
-SUB_REDEEM, SUB_EARN, SUB_BONUS = range(3)
-
-
-def tier_index(tiers: Sequence[TierConfig], purchases: IntArray) -> IntArray:
-    """Index of the tier reached with ``purchases`` counted purchases."""
-    thresholds = np.array([t.min_purchases for t in tiers], dtype=np.int64)
-    return (np.searchsorted(thresholds, purchases, side="right") - 1).astype(np.int64)
-
-
-def _birthday_ordinal(years: IntArray, month: IntArray, dom: IntArray, leap_rule: str) -> IntArray:
-    leap = (years % 4 == 0) & ((years % 100 != 0) | (years % 400 == 0))
-    moved = (month == 2) & (dom == 29) & ~leap
-    to_march = leap_rule == "mar1"
-    month = np.where(moved & to_march, 3, month)
-    dom = np.where(moved, 1 if to_march else 28, dom)
-    months = (years - 1970) * 12 + month - 1
-    first = months.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
-    return first + dom - 1 + EPOCH_ORDINAL
-
-
-def birthday_mask(day: IntArray, month: IntArray, dom: IntArray, window: int,
-                  leap_rule: str = "feb28") -> BoolArray:
-    """True where ``day`` is within ``window`` days of the birthday (month/dom; 0 = unknown).
-
-    29 February is celebrated on 28 February (or 1 March) in non-leap years.
-    """
-    has = month > 0
-    safe_month = np.where(has, month, 1)
-    safe_dom = np.where(has, dom, 1)
-    years = (day - EPOCH_ORDINAL).astype("datetime64[D]").astype("datetime64[Y]")
-    years = years.astype(np.int64) + 1970
-    hit = np.zeros(len(day), dtype=np.bool_)
-    for shift in (-1, 0, 1) if window else (0,):
-        birthday = _birthday_ordinal(years + shift, safe_month, safe_dom, leap_rule)
-        hit |= np.abs(day - birthday) <= window
-    return hit & has
-
-
-def earn_points(amount_kop: IntArray, basis_points: IntArray, multiplier: IntArray) -> IntArray:
-    """Points = amount × cashback × multiplier, rounded half up, exact in integers.
-
-    1 point = 1 rouble = 100 kopecks and 1 % = 100 basis points, hence the 1_000_000.
-    """
-    return (amount_kop * basis_points * multiplier + 500_000) // 1_000_000
-
-
-def _basis_points(percent: Decimal) -> int:
-    return int((percent * 100).to_integral_value())
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().upper() not in ("", "0", "N", "NO", "FALSE", "НЕТ")
-    return bool(value)
-
-
-def condition_matches(cond: FieldCondition, value: Any) -> bool:
-    """Does a field ``value`` satisfy ``cond`` (equals / numeric max_value / truthy)?"""
-    if cond.equals is not None:
-        return str(value).strip() == cond.equals
-    if cond.max_value is not None:
-        try:
-            return float(value) <= cond.max_value
-        except (TypeError, ValueError):
-            return False
-    return _truthy(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,19 +71,6 @@ class Ledger:
     tier: IntArray
     purchases_to_next: IntArray  # -1 at the top tier
     notes: tuple[str, ...]
-
-
-@dataclass
-class _Event:
-    """One ledger movement inside the sequential walk of a single customer."""
-
-    day: int
-    phase: int
-    deal: int
-    sub: int
-    key: str
-    points: int
-    entry: LedgerEntry | None  # emitted as is (carried / already built), or None
 
 
 @dataclass
@@ -169,7 +104,7 @@ class _LedgerBuilder:
         h, cfg = self.h, self.cfg
         rank = np.arange(len(h), dtype=np.int64) - h.starts[h.cust]
         tier = tier_index(cfg.tiers, rank)
-        bps = np.array([_basis_points(t.cashback_percent) for t in cfg.tiers], dtype=np.int64)
+        bps = np.array([basis_points(t.cashback_percent) for t in cfg.tiers], dtype=np.int64)
         customers = h.customers
         birthday = birthday_mask(h.day, customers.birth_month[h.cust],
                                  customers.birth_day[h.cust], cfg.birthday_window_days,
@@ -192,7 +127,7 @@ class _LedgerBuilder:
         pos = np.minimum(np.searchsorted(sorted_ids, deal_ids), len(sorted_ids) - 1)
         return np.where(sorted_ids[pos] == deal_ids, order[pos], -1).astype(np.int64)
 
-    def bonus_entries(self, rule: BonusRule, earns: _Earns) -> list[tuple[int, _Event]]:
+    def bonus_entries(self, rule: BonusRule, earns: _Earns) -> list[tuple[int, Event]]:
         if rule.entity == "deal":
             return self._deal_bonuses(rule, earns)
         if rule.entity != self.h.customers.kind:
@@ -207,11 +142,11 @@ class _LedgerBuilder:
                 at = self.prev_at.get(key, self.as_of)  # first seen; stable afterwards
                 entry = LedgerEntry(record, "bonus", None, rule.points, at, None,
                                     rule.reason, key)
-                out.append((row, _Event(at.toordinal(), PHASE_RECORD, -1, SUB_BONUS, key,
+                out.append((row, Event(at.toordinal(), PHASE_RECORD, -1, SUB_BONUS, key,
                                         rule.points, entry)))
         return out
 
-    def _deal_bonuses(self, rule: BonusRule, earns: _Earns) -> list[tuple[int, _Event]]:
+    def _deal_bonuses(self, rule: BonusRule, earns: _Earns) -> list[tuple[int, Event]]:
         values = self.h.deal_fields.get(rule.field, {})
         matched = sorted(d for d, v in values.items() if condition_matches(rule, v))
         positions = self.purchase_positions(np.array(matched, dtype=np.int64))
@@ -224,11 +159,11 @@ class _LedgerBuilder:
             entry = LedgerEntry(int(self.ids[row]), "bonus", deal_id, rule.points,
                                 date.fromordinal(day),
                                 self.tier_names[int(earns.tier[pos])], rule.reason, key)
-            out.append((row, _Event(day, PHASE_DEAL, deal_id, SUB_BONUS, key, rule.points,
+            out.append((row, Event(day, PHASE_DEAL, deal_id, SUB_BONUS, key, rule.points,
                                     entry)))
         return out
 
-    def redemption_requests(self) -> list[tuple[int, _Event]]:
+    def redemption_requests(self) -> list[tuple[int, Event]]:
         name = self.cfg.redeem_field
         values = self.h.deal_fields.get(name, {}) if name else {}
         requests: list[tuple[int, int]] = []
@@ -247,7 +182,7 @@ class _LedgerBuilder:
         requests.sort()
         positions = self.purchase_positions(np.array([d for d, _ in requests], dtype=np.int64))
         return [(int(self.h.cust[pos]),
-                 _Event(int(self.h.day[pos]), PHASE_DEAL, deal_id, SUB_REDEEM,
+                 Event(int(self.h.day[pos]), PHASE_DEAL, deal_id, SUB_REDEEM,
                         f"redeem:deal:{deal_id}", points, None))
                 for (deal_id, points), pos in zip(requests, positions.tolist(), strict=True)
                 if pos >= 0]
@@ -280,20 +215,20 @@ class _LedgerBuilder:
 
     def carried_events(self, vanished: list[LedgerEntry],
                        reversals: dict[tuple[int, str], LedgerEntry]
-                       ) -> list[tuple[int, _Event]]:
+                       ) -> list[tuple[int, Event]]:
         """Events for carried entries and their (old or new) reversals."""
         rows = self.h.customers.rows_of(np.array([e.customer_id for e in vanished],
                                                  dtype=np.int64)).tolist()
-        events: list[tuple[int, _Event]] = []
+        events: list[tuple[int, Event]] = []
         unknown = new = 0
         for entry, row in zip(vanished, rows, strict=True):
             if row < 0:
                 unknown += 1
                 continue
-            events.append((row, _carried_event(entry)))
+            events.append((row, carried_event(entry)))
             old = reversals.pop((entry.customer_id, entry.entry_key), None)
             new += old is None
-            events.append((row, _reversal_event(entry, old, self.h.as_of_day)))
+            events.append((row, reversal_event(entry, old, self.h.as_of_day)))
         if new:
             self.notes.append(f"{new} ledger entries reversed (their deal or field no "
                               f"longer counts)")
@@ -306,10 +241,10 @@ class _LedgerBuilder:
         return events
 
     # -- the sequential walk (redemptions, reversals, expiry) ----------------------------
-    def walk(self, row: int, events: list[_Event]) -> list[LedgerEntry]:
+    def walk(self, row: int, events: list[Event]) -> list[LedgerEntry]:
         """Replay one customer's movements over FIFO lots; returns the derived entries."""
         events.sort(key=lambda e: (e.day, e.phase, e.deal, e.sub, e.key))
-        state = _Lots(int(self.ids[row]), self.cfg.expiry_days)
+        state = Lots(int(self.ids[row]), self.cfg.expiry_days)
         for ev in events:
             state.expire_until(ev.day)
             if ev.phase == PHASE_REVERSAL:
@@ -321,101 +256,6 @@ class _LedgerBuilder:
         state.expire_until(self.h.as_of_day)
         self.clamped += state.clamped
         return state.out
-
-
-def _carried_event(entry: LedgerEntry) -> _Event:
-    deal = entry.deal_id if entry.deal_id is not None else -1
-    sub = {"earn": SUB_EARN, "bonus": SUB_BONUS}.get(entry.kind, SUB_REDEEM)
-    phase = PHASE_DEAL if entry.deal_id is not None else PHASE_RECORD
-    return _Event(entry.at.toordinal(), phase, deal, sub, entry.entry_key, entry.points, entry)
-
-
-def _reversal_event(target: LedgerEntry, old: LedgerEntry | None, as_of_day: int) -> _Event:
-    deal = target.deal_id if target.deal_id is not None else -1
-    key = "reversal:" + target.entry_key
-    if old is not None:
-        return _Event(old.at.toordinal(), PHASE_REVERSAL, deal, 0, key, old.points, old)
-    return _Event(as_of_day, PHASE_REVERSAL, deal, 0, key, -target.points, None)
-
-
-class _Lots:
-    """FIFO point lots of one customer; balance = sum(remaining) - debt at every step."""
-
-    def __init__(self, customer_id: int, expiry_days: int) -> None:
-        self.customer_id = customer_id
-        self.expiry_days = expiry_days
-        # key -> [remaining, original, expired, expires_on (-1 = never / done)]
-        self.lots: dict[str, list[int]] = {}
-        self.debt = 0
-        self.clamped = 0
-        self.out: list[LedgerEntry] = []
-
-    def credit(self, key: str, points: int, day: int) -> None:
-        paid = min(self.debt, points)  # a negative balance is settled first
-        self.debt -= paid
-        expires = day + self.expiry_days if self.expiry_days else -1
-        self.lots[key] = [points - paid, points, 0, expires]
-
-    def available(self) -> int:
-        return sum(lot[0] for lot in self.lots.values())
-
-    def consume(self, points: int) -> int:
-        """Take up to ``points`` oldest-first; returns what could not be covered."""
-        for lot in self.lots.values():
-            if points <= 0:
-                break
-            take = min(lot[0], points)
-            lot[0] -= take
-            points -= take
-        return points
-
-    def expire_until(self, day: int) -> None:
-        for key, lot in self.lots.items():
-            if 0 <= lot[3] <= day:
-                if lot[0] > 0:
-                    self.out.append(LedgerEntry(
-                        self.customer_id, "expire", None, -lot[0], date.fromordinal(lot[3]),
-                        None, f"points expired after {self.expiry_days} days", "expire:" + key))
-                    lot[2] += lot[0]
-                    lot[0] = 0
-                lot[3] = -1
-
-    def redeem(self, ev: _Event) -> None:
-        if ev.entry is not None:  # carried verbatim: what was spent stays spent
-            self.debt += self.consume(-ev.points)
-            return
-        spent = min(ev.points, self.available())
-        self.clamped += spent < ev.points
-        self.consume(spent)
-        if spent > 0:
-            reason = f"points spent on deal {ev.deal}"
-            if spent < ev.points:
-                reason += f" (requested {ev.points}, clamped to balance)"
-            self.out.append(LedgerEntry(self.customer_id, "redeem", ev.deal, -spent,
-                                        date.fromordinal(ev.day), None, reason, ev.key))
-
-    def reverse(self, ev: _Event) -> None:
-        target = ev.key[len("reversal:"):]
-        lot = self.lots.get(target)
-        if lot is None:  # reversing a redemption refunds the points as a new lot
-            points = ev.points
-            if points > 0:
-                self.credit(ev.key, points, ev.day)
-            else:
-                self.debt += self.consume(-points)
-        else:
-            # what already expired was never the customer's to keep, so is not clawed back
-            points = ev.points if ev.entry is not None else -(lot[1] - lot[2])
-            owed = -points
-            take = min(lot[0], owed)
-            lot[0] -= take
-            lot[3] = -1
-            self.debt += self.consume(owed - take)
-        if ev.entry is None:
-            deal = ev.deal if ev.deal >= 0 else None
-            self.out.append(LedgerEntry(self.customer_id, "reversal", deal, points,
-                                        date.fromordinal(ev.day), None,
-                                        f"reversed: {target} no longer counts", ev.key))
 
 
 @dataclass
@@ -461,7 +301,7 @@ def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
     b = _LedgerBuilder(history, cfg, PreviousLedger.of(previous))
     earns = b.earns()
     prev_others, prev_reversals = b.scan_previous()
-    events: list[tuple[int, _Event]] = []
+    events: list[tuple[int, Event]] = []
     for rule in cfg.bonuses:
         events.extend(b.bonus_entries(rule, earns))
     redeems = b.redemption_requests()
@@ -470,7 +310,7 @@ def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
         e for e in prev_others if (e.customer_id, e.entry_key) not in derived]
     carried = b.carried_events(vanished, prev_reversals)
     walk_rows = {row for row, _ in redeems} | {row for row, _ in carried}
-    per_row: dict[int, list[_Event]] = {row: [] for row in walk_rows}
+    per_row: dict[int, list[Event]] = {row: [] for row in walk_rows}
     for row, ev in [*events, *redeems, *carried]:
         if ev.entry is not None:
             b.extras.append(ev.entry)
@@ -489,15 +329,15 @@ def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
 
 
 def _add_walk_earns(history: PurchaseHistory, earns: _Earns,
-                    per_row: dict[int, list[_Event]]) -> None:
+                    per_row: dict[int, list[Event]]) -> None:
     for row, events in per_row.items():
         for pos in range(int(history.starts[row]), int(history.starts[row + 1])):
             deal = int(history.deal_id[pos])
-            events.append(_Event(int(history.day[pos]), PHASE_DEAL, deal, SUB_EARN,
+            events.append(Event(int(history.day[pos]), PHASE_DEAL, deal, SUB_EARN,
                                  f"earn:deal:{deal}", int(earns.points[pos]), None))
 
 
-def _expire_simple_bonuses(b: _LedgerBuilder, events: list[tuple[int, _Event]],
+def _expire_simple_bonuses(b: _LedgerBuilder, events: list[tuple[int, Event]],
                            walk_rows: set[int]) -> None:
     days = b.cfg.expiry_days
     if not days:

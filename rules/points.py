@@ -1,0 +1,94 @@
+"""Point arithmetic of the loyalty programme: tiers, birthdays, earn rounding, field rules.
+
+Pure numpy functions over purchase columns; ``rules.loyalty`` assembles the ledger from
+them.  Everything is exact integer arithmetic (kopecks × basis points) so a recomputation
+can never drift by a point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from rules.columns import BoolArray, IntArray
+from rules.config import FieldCondition, TierConfig
+
+__all__ = [
+    "basis_points",
+    "birthday_mask",
+    "condition_matches",
+    "earn_points",
+    "tier_index",
+]
+
+EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def tier_index(tiers: Sequence[TierConfig], purchases: IntArray) -> IntArray:
+    """Index of the tier reached with ``purchases`` counted purchases."""
+    thresholds = np.array([t.min_purchases for t in tiers], dtype=np.int64)
+    return (np.searchsorted(thresholds, purchases, side="right") - 1).astype(np.int64)
+
+
+def _birthday_ordinal(years: IntArray, month: IntArray, dom: IntArray, leap_rule: str) -> IntArray:
+    leap = (years % 4 == 0) & ((years % 100 != 0) | (years % 400 == 0))
+    moved = (month == 2) & (dom == 29) & ~leap
+    to_march = leap_rule == "mar1"
+    month = np.where(moved & to_march, 3, month)
+    dom = np.where(moved, 1 if to_march else 28, dom)
+    months = (years - 1970) * 12 + month - 1
+    first = months.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64)
+    return first + dom - 1 + EPOCH_ORDINAL
+
+
+def birthday_mask(day: IntArray, month: IntArray, dom: IntArray, window: int,
+                  leap_rule: str = "feb28") -> BoolArray:
+    """True where ``day`` is within ``window`` days of the birthday (month/dom; 0 = unknown).
+
+    29 February is celebrated on 28 February (or 1 March) in non-leap years.
+    """
+    has = month > 0
+    safe_month = np.where(has, month, 1)
+    safe_dom = np.where(has, dom, 1)
+    years = (day - EPOCH_ORDINAL).astype("datetime64[D]").astype("datetime64[Y]")
+    years = years.astype(np.int64) + 1970
+    hit = np.zeros(len(day), dtype=np.bool_)
+    for shift in (-1, 0, 1) if window else (0,):
+        birthday = _birthday_ordinal(years + shift, safe_month, safe_dom, leap_rule)
+        hit |= np.abs(day - birthday) <= window
+    return hit & has
+
+
+def earn_points(amount_kop: IntArray, basis_points: IntArray, multiplier: IntArray) -> IntArray:
+    """Points = amount × cashback × multiplier, rounded half up, exact in integers.
+
+    1 point = 1 rouble = 100 kopecks and 1 % = 100 basis points, hence the 1_000_000.
+    """
+    return (amount_kop * basis_points * multiplier + 500_000) // 1_000_000
+
+
+def basis_points(percent: Decimal) -> int:
+    """A percentage as whole basis points (3 % → 300)."""
+    return int((percent * 100).to_integral_value())
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().upper() not in ("", "0", "N", "NO", "FALSE", "НЕТ")
+    return bool(value)
+
+
+def condition_matches(cond: FieldCondition, value: Any) -> bool:
+    """Does a field ``value`` satisfy ``cond`` (equals / numeric max_value / truthy)?"""
+    if cond.equals is not None:
+        return str(value).strip() == cond.equals
+    if cond.max_value is not None:
+        try:
+            return float(value) <= cond.max_value
+        except (TypeError, ValueError):
+            return False
+    return _truthy(value)
