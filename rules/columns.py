@@ -109,7 +109,7 @@ def local_days(micros: IntArray, zone: tzinfo) -> IntArray:
     if len(micros) == 0:
         return np.zeros(0, dtype=np.int64)
     utc_day = micros // _US_PER_DAY
-    days, inverse = np.unique(utc_day, return_inverse=True)
+    days, inverse = _distinct(utc_day)
     start_off, end_off = (np.array([_offset_us(int(d) * _US_PER_DAY + shift, zone)
                                     for d in days.tolist()], dtype=np.int64)
                           for shift in (0, _US_PER_DAY - 1))
@@ -118,6 +118,21 @@ def local_days(micros: IntArray, zone: tzinfo) -> IntArray:
     for i in changing.tolist():
         local[i] = (EPOCH + int(micros[i]) * _MICRO).astimezone(zone).toordinal()
     return local.astype(np.int64)
+
+
+def _distinct(values: IntArray) -> tuple[IntArray, IntArray]:
+    """(sorted distinct values, index of each value among them), like np.unique."""
+    low, high = int(values.min()), int(values.max())
+    if high - low > 4 * len(values) + 1_000_000:  # sparse: a table would not pay off
+        distinct, inverse = np.unique(values, return_inverse=True)
+        return distinct, inverse.astype(np.int64)
+    # A few thousand distinct days among millions of rows: a lookup table is O(n), where
+    # np.unique sorts everything.
+    present = np.zeros(high - low + 1, dtype=np.bool_)
+    present[values - low] = True
+    distinct = np.flatnonzero(present)
+    slot = np.cumsum(present, dtype=np.int64) - 1
+    return distinct + low, slot[values - low]
 
 
 def _offset_us(micros: int, zone: tzinfo) -> int:

@@ -8,6 +8,7 @@ are replayed here, one customer at a time.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from datetime import date
 
@@ -72,6 +73,10 @@ class Lots:
         self.expiry_days = expiry_days
         # key -> [remaining, original, expired, expires_on (-1 = never / done)]
         self.lots: dict[str, list[int]] = {}
+        # Lots waiting to expire, oldest first.  Events are replayed in day order, so
+        # expiry days only grow along this queue: expiring is a pop from the front
+        # instead of a scan of every lot at every event.
+        self.pending: deque[tuple[str, list[int]]] = deque()
         self.debt = 0
         self.clamped = 0
         self.out: list[LedgerEntry] = []
@@ -80,7 +85,9 @@ class Lots:
         paid = min(self.debt, points)  # a negative balance is settled first
         self.debt -= paid
         expires = day + self.expiry_days if self.expiry_days else -1
-        self.lots[key] = [points - paid, points, 0, expires]
+        lot = self.lots[key] = [points - paid, points, 0, expires]
+        if expires >= 0:
+            self.pending.append((key, lot))
 
     def available(self) -> int:
         return sum(lot[0] for lot in self.lots.values())
@@ -96,8 +103,10 @@ class Lots:
         return points
 
     def expire_until(self, day: int) -> None:
-        for key, lot in self.lots.items():
-            if 0 <= lot[3] <= day:
+        pending = self.pending
+        while pending and pending[0][1][3] <= day:
+            key, lot = pending.popleft()
+            if lot[3] >= 0 and self.lots.get(key) is lot:  # not closed by a reversal
                 if lot[0] > 0:
                     self.out.append(LedgerEntry(
                         self.customer_id, "expire", None, -lot[0], date.fromordinal(lot[3]),

@@ -208,9 +208,14 @@ class _LedgerBuilder:
         if len(prev.earn_customer) == 0:
             return []
         prev_rows = self.h.customers.rows_of(prev.earn_customer)
-        current = (self.h.cust << 32) | self.h.deal_id
-        still = np.isin((prev_rows << 32) | prev.earn_deal, current) & (prev_rows >= 0)
-        del current, prev_rows
+        wanted = (prev_rows << 32) | prev.earn_deal
+        # sort + searchsorted: np.isin would sort (or hash) both sides
+        current = np.sort((self.h.cust << 32) | self.h.deal_id)
+        if len(current):
+            pos = np.minimum(np.searchsorted(current, wanted), len(current) - 1)
+            still = (current[pos] == wanted) & (prev_rows >= 0)
+        else:
+            still = np.zeros(len(wanted), dtype=np.bool_)
         return list(prev.earn_entries(np.flatnonzero(~still)))
 
     def carried_events(self, vanished: list[LedgerEntry],
@@ -330,11 +335,17 @@ def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
 
 def _add_walk_earns(history: PurchaseHistory, earns: _Earns,
                     per_row: dict[int, list[Event]]) -> None:
-    for row, events in per_row.items():
-        for pos in range(int(history.starts[row]), int(history.starts[row + 1])):
-            deal = int(history.deal_id[pos])
-            events.append(Event(int(history.day[pos]), PHASE_DEAL, deal, SUB_EARN,
-                                 f"earn:deal:{deal}", int(earns.points[pos]), None))
+    # Gather the walked customers' purchases with numpy, then one tolist() per column:
+    # indexing numpy scalars one by one costs more than building the events.
+    rows = np.array(sorted(per_row), dtype=np.int64)
+    counts = history.starts[rows + 1] - history.starts[rows]
+    pos = np.repeat(history.starts[rows] - np.cumsum(counts) + counts, counts)
+    pos += np.arange(len(pos), dtype=np.int64)
+    columns = (np.repeat(rows, counts), history.day[pos], history.deal_id[pos],
+               earns.points[pos])
+    for row, day, deal, points in zip(*(c.tolist() for c in columns), strict=True):
+        per_row[row].append(Event(day, PHASE_DEAL, deal, SUB_EARN, f"earn:deal:{deal}",
+                                  points, None))
 
 
 def _expire_simple_bonuses(b: _LedgerBuilder, events: list[tuple[int, Event]],
