@@ -8,7 +8,6 @@ gives the progress bar (rows/s and ETA) and the tables, so neither is hand-writt
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -250,4 +249,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -167,8 +167,13 @@ def sync_entity(
     mirror.save_state(state)
     report = EntityReport(entity=entity, counts=counts)
     try:
+        from_scratch = state.watermark is None
         state, server_time = _pull(source, mirror, state, counts, progress)
         state = finish_run(state, clock().isoformat(), server_time)
+        if from_scratch:
+            # A pull from scratch has just read every live ID: walking them again would
+            # spend the method's time budget for nothing. Only the count check remains.
+            state = replace(state, last_full_reconcile_at=started_at)
         mirror.save_state(state)
         if reconcile != "never":
             report.full_reconcile = _reconcile(
