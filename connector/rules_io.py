@@ -11,8 +11,8 @@ matters at millions of deals.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, fields
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
@@ -41,6 +41,7 @@ from rules.models import (
     LedgerEntry,
     LedgerKind,
     Metrics,
+    RowSequence,
     RulesResult,
 )
 
@@ -301,23 +302,61 @@ def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:
 
 # -- writing ----------------------------------------------------------------------------
 
-def _iso(day: date | None) -> str | None:
+_STATE_FIELDS = [f.name for f in fields(CustomerState)]
+_LEDGER_FIELDS = ["entry_key", "customer_id", "kind", "deal_id", "points", "at",
+                  "tier_at_purchase", "reason"]
+
+
+def _columns(rows: Sequence[Any], lo: int, hi: int) -> dict[str, list[Any]]:
+    """Rows lo:hi field by field; the engine's RowSequence does it without objects."""
+    if isinstance(rows, RowSequence):
+        return rows.columns(lo, hi)
+    picked = list(rows[lo:hi])
+    return {f.name: [getattr(r, f.name) for r in picked] for f in fields(picked[0])}
+
+
+def _memo(convert: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]]:
+    """Apply ``convert`` to a column, once per distinct value (dates, tier perks...)."""
+    def apply(values: list[Any]) -> list[Any]:
+        done: dict[Any, Any] = {}
+        return [done[v] if v in done else done.setdefault(v, convert(v)) for v in values]
+    return apply
+
+
+def _iso_text(day: date | None) -> str | None:
     return day.isoformat() if day is not None else None
 
 
-def _state_row(s: CustomerState, computed_at: str) -> tuple[Any, ...]:
-    return (s.customer_id, s.customer_kind, s.lifecycle, s.value_segment, s.rfm_r, s.rfm_f,
-            s.rfm_m, s.rfm_group, json.dumps(s.channels), s.purchases, s.revenue,
-            _iso(s.first_purchase), _iso(s.last_purchase), s.median_gap_days, s.tier,
-            json.dumps(s.perks, ensure_ascii=False), s.points_balance,
-            s.purchases_to_next_tier, s.churn_score,
-            json.dumps(s.churn_reasons, ensure_ascii=False), s.p_alive,
-            s.expected_purchases, s.predicted_clv, s.model_used, computed_at)
+def _json_text(values: tuple[str, ...]) -> str:
+    return json.dumps(values, ensure_ascii=False)
 
 
-def _ledger_row(e: LedgerEntry, kind: str) -> tuple[Any, ...]:
-    return (e.entry_key, e.customer_id, kind, e.kind, e.deal_id, e.points, e.at.isoformat(),
-            e.tier_at_purchase, e.reason)
+_iso_days = _memo(_iso_text)
+_json_tuples = _memo(_json_text)
+
+
+def _state_rows(states: Sequence[CustomerState], computed_at: str
+                ) -> Iterator[tuple[Any, ...]]:
+    """``customer_state`` rows, built a chunk of columns at a time."""
+    for lo in range(0, len(states), _BATCH):
+        cols = _columns(states, lo, lo + _BATCH)
+        for name in ("first_purchase", "last_purchase"):
+            cols[name] = _iso_days(cols[name])
+        for name in ("channels", "perks"):
+            cols[name] = _json_tuples(cols[name])
+        cols["churn_reasons"] = [_json_text(r) if r else "[]" for r in cols["churn_reasons"]]
+        cols["computed_at"] = [computed_at] * len(cols["customer_id"])
+        yield from zip(*(cols[name] for name in (*_STATE_FIELDS, "computed_at")), strict=True)
+
+
+def _ledger_rows(ledger: Sequence[LedgerEntry], kind: str) -> Iterator[tuple[Any, ...]]:
+    """``points_ledger`` rows, built a chunk of columns at a time."""
+    for lo in range(0, len(ledger), _BATCH):
+        cols = _columns(ledger, lo, lo + _BATCH)
+        cols["at"] = _iso_days(cols["at"])
+        cols["customer_kind"] = [kind] * len(cols["at"])
+        yield from zip(*(cols[name] for name in (*_LEDGER_FIELDS, "customer_kind")),
+                       strict=True)
 
 
 def _insert_many(mirror: Mirror, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
@@ -336,13 +375,12 @@ def store_result(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime
     with mirror.db.atomic():
         mirror.db.execute("delete from customer_state")
         _insert_many(mirror, f"insert into customer_state values ({state_marks})",
-                     (_state_row(s, computed_at) for s in result.states))
+                     _state_rows(result.states, computed_at))
         # The ledger is derived (reversals included): the table is exactly this run's.
         mirror.db.execute("delete from points_ledger")
-        _insert_many(mirror, "insert into points_ledger (entry_key, customer_id, "
-                     "customer_kind, kind, deal_id, points, at, tier_at_purchase, reason) "
-                     "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     (_ledger_row(e, kind) for e in result.ledger))
+        _insert_many(mirror, f"insert into points_ledger ({', '.join(_LEDGER_FIELDS)}, "
+                     "customer_kind) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     _ledger_rows(result.ledger, kind))
         m = result.metrics
         mirror.db.execute(
             "insert into metric_snapshots (computed_at, as_of, customer_kind, period_start, "

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from rules.churn import ChurnSignals, ModelFit, churn_reasons, churn_signals, fit_models
 from rules.columns import (
@@ -122,6 +123,69 @@ def _state_maker(cols: _Columns, config: RulesConfig) -> Callable[[int], Custome
     return make_state
 
 
+def _none_where(values: npt.NDArray[Any], missing: npt.NDArray[np.bool_]) -> list[Any]:
+    return [None if m else v for v, m in zip(values.tolist(), missing.tolist(), strict=True)]
+
+
+def _nan_none(values: FloatArray) -> list[float | None]:
+    return [None if v != v else v for v in values.tolist()]  # NaN is the only v != v
+
+
+def _days(days: IntArray) -> list[date | None]:
+    memo: dict[int, date | None] = {}
+    return [memo[d] if d in memo else memo.setdefault(d, _date_or_none(d))
+            for d in days.tolist()]
+
+
+def _state_columns(cols: _Columns, config: RulesConfig
+                   ) -> Callable[[int, int], dict[str, list[Any]]]:
+    """``make_state`` for a range of rows, field by field, without building the states."""
+    customers, agg, rfm, ledger = cols.history.customers, cols.agg, cols.rfm, cols.ledger
+    tiers = config.loyalty.tiers
+    channels = [channels_of(bool(code & 2), bool(code & 1)) for code in range(4)]
+    groups: list[str | None] = [*rfm.groups, None]  # code -1 picks the None at the end
+
+    def make_columns(lo: int, hi: int) -> dict[str, list[Any]]:
+        rows = slice(lo, hi)
+        buyer = (agg.count[rows] > 0).tolist()
+        tier = ledger.tier[rows].tolist()
+        p_alive = _nan_none(cols.model.p_alive[rows])
+        to_next = ledger.purchases_to_next[rows]
+        model = "bgnbd" if cols.model.used else "signals"
+        reach = (customers.has_phone[rows].astype(np.int64) * 2
+                 + customers.has_email[rows]).tolist()
+        return {
+            "customer_id": customers.ids[rows].tolist(),
+            "customer_kind": [customers.kind] * (hi - lo),
+            "lifecycle": [LIFECYCLES[c] for c in cols.lifecycle[rows].tolist()],
+            "value_segment": [VALUE_SEGMENTS[c] for c in cols.value[rows].tolist()],
+            "rfm_r": [v or None for v in rfm.r[rows].tolist()],
+            "rfm_f": [v or None for v in rfm.f[rows].tolist()],
+            "rfm_m": [v or None for v in rfm.m[rows].tolist()],
+            "rfm_group": [groups[g] for g in rfm.group[rows].tolist()],
+            "channels": [channels[c] for c in reach],
+            "purchases": agg.count[rows].tolist(),
+            "revenue": agg.revenue[rows].tolist(),
+            "first_purchase": _days(agg.first_day[rows]),
+            "last_purchase": _days(agg.last_day[rows]),
+            "median_gap_days": _nan_none(agg.median_gap[rows]),
+            "tier": [tiers[t].name for t in tier],
+            "perks": [tiers[t].perks for t in tier],
+            "points_balance": ledger.balance[rows].tolist(),
+            "purchases_to_next_tier": _none_where(to_next, to_next < 0),
+            "churn_score": [round(v, 4) for v in cols.churn[rows].tolist()],
+            "churn_reasons": [churn_reasons(cols.signals, row, config.churn, p) if b else ()
+                              for row, b, p in zip(range(lo, hi), buyer, p_alive,
+                                                   strict=True)],
+            "p_alive": p_alive,
+            "expected_purchases": _nan_none(cols.model.expected_purchases[rows]),
+            "predicted_clv": _nan_none(cols.model.clv[rows]),
+            "model_used": [model if b else "signals" for b in buyer],
+        }
+
+    return make_columns
+
+
 def _distribution(codes: IntArray, names: Sequence[str]) -> dict[str, int]:
     counts = np.bincount(codes[codes >= 0], minlength=len(names))
     return {name: int(counts[i]) for i, name in enumerate(names)}
@@ -190,5 +254,6 @@ def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: Reco
                                           config.metrics.period_months)
     metrics = compute_metrics(history, start, end, config.metrics, _snapshot(cols, config))
     notes = (*history.notes, *cols.ledger.notes, *cols.model.notes)
-    states = RowSequence(len(customers), _state_maker(cols, config))
+    states = RowSequence(len(customers), _state_maker(cols, config),
+                         _state_columns(cols, config))
     return RulesResult(states=states, ledger=cols.ledger.entries, metrics=metrics, notes=notes)

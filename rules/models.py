@@ -9,13 +9,14 @@ objects, so the engine returns :class:`RowSequence` views: columnar arrays insid
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from typing import Any, Literal, TypeVar, overload
 
 __all__ = [
     "Channel",
     "CohortRow",
+    "ColumnChunk",
     "Company",
     "Contact",
     "CustomerKind",
@@ -176,14 +177,24 @@ class Metrics:
     points_liability: int
 
 
+ColumnChunk = dict[str, list[Any]]  # dataclass field name -> that field of each row
+
+
 class RowSequence(Sequence[T]):
-    """A read-only sequence whose rows are built on access from columnar data."""
+    """A read-only sequence whose rows are built on access from columnar data.
 
-    __slots__ = ("_length", "_make_row")
+    ``columns(start, stop)`` gives the same rows field by field — what a bulk writer
+    wants — and, when the engine supplies ``make_columns``, without building a single
+    dataclass: at millions of rows that is several times faster.
+    """
 
-    def __init__(self, length: int, make_row: Callable[[int], T]) -> None:
+    __slots__ = ("_length", "_make_columns", "_make_row")
+
+    def __init__(self, length: int, make_row: Callable[[int], T],
+                 make_columns: Callable[[int, int], ColumnChunk] | None = None) -> None:
         self._length = length
         self._make_row = make_row
+        self._make_columns = make_columns
 
     def __len__(self) -> int:
         return self._length
@@ -209,6 +220,17 @@ class RowSequence(Sequence[T]):
 
     def __repr__(self) -> str:
         return f"RowSequence(len={self._length})"
+
+    def columns(self, start: int, stop: int) -> ColumnChunk:
+        """Rows ``start:stop`` as {field name: [value per row]}, equal to the rows' fields."""
+        start, stop, _ = slice(start, stop).indices(self._length)
+        if self._make_columns is not None and stop > start:
+            return self._make_columns(start, stop)
+        rows = self[start:stop]
+        if not rows:
+            return {}
+        names = [f.name for f in fields(rows[0])]  # type: ignore[arg-type]
+        return {name: [getattr(row, name) for row in rows] for name in names}
 
 
 @dataclass(frozen=True, slots=True)

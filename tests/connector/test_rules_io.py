@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -187,10 +188,13 @@ def test_a_failure_while_storing_keeps_the_previous_results(monkeypatch: Any) ->
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
     before = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
 
-    def boom(*args: Any) -> tuple[Any, ...]:
+    real = rules_io._ledger_rows
+
+    def boom(*args: Any) -> Iterator[tuple[Any, ...]]:
+        yield next(real(*args))  # some rows are already written when it fails
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(rules_io, "_ledger_row", boom)
+    monkeypatch.setattr(rules_io, "_ledger_rows", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         run_rules(mirror, RulesConfig(), as_of=LATER)
     after = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
