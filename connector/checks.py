@@ -58,7 +58,7 @@ def _check_reachable(client: Bitrix24Client) -> CheckResult:
         profile = client.call("profile").result
     except AuthError as exc:
         return CheckResult("crm", False, f"{exc} — the webhook URL is wrong, expired, or its "
-                                         "secret changed (an admin editing a webhook regenerates it)")
+                           "secret changed (an admin editing a webhook regenerates it)")
     except RetryableCrmError as exc:
         return CheckResult("crm", False, f"portal not reachable right now: {exc}")
     except ConnectorError as exc:

@@ -90,9 +90,9 @@ def sync(ctx: click.Context, entities: tuple[str, ...], as_json: bool) -> None:
     """
     config = _load(ctx)
     mirror = Mirror.open(config.mirror.path)
-    client = build_bitrix24_client(config)
-    with _progress(disable=as_json) as hook:
+    with build_bitrix24_client(config) as client, _progress(disable=as_json) as hook:
         summary = run_sync(config, mirror, client, entities=entities or None, progress=hook)
+    mirror.close()
     _print_summary(summary, as_json)
     if not summary.ok:
         ctx.exit(1)
@@ -128,12 +128,12 @@ def check(ctx: click.Context) -> None:
     from connector.checks import run_checks
 
     config = _load(ctx)
-    client = build_bitrix24_client(config)
     ok = True
-    for result in run_checks(config, client):
-        mark = "[green]ok[/]" if result.ok else "[red]FAIL[/]"
-        err_console.print(f"{mark}  {result.name}: {result.detail}")
-        ok = ok and result.ok
+    with build_bitrix24_client(config) as client:
+        for result in run_checks(config, client):
+            mark = "[green]ok[/]" if result.ok else "[red]FAIL[/]"
+            err_console.print(f"{mark}  {result.name}: {result.detail}")
+            ok = ok and result.ok
     if not ok:
         ctx.exit(1)
 

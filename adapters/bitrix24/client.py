@@ -114,6 +114,16 @@ class Bitrix24Client:
     def __repr__(self) -> str:
         return f"Bitrix24Client(portal={self.portal!r})"
 
+    def close(self) -> None:
+        """Close the HTTP client (its connections)."""
+        self.http.close()
+
+    def __enter__(self) -> Bitrix24Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- calls ------------------------------------------------------------------------------
     def call(self, method: str, params: Mapping[str, Any] | None = None) -> ApiResponse:
         """Call one REST method (paced, retried); raises a translated CrmError."""

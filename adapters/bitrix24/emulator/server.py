@@ -1,0 +1,101 @@
+"""The emulator over real loopback HTTP (tests, benchmarks, other clients).
+
+Plain ``http://`` on a loopback address: the emulator then cannot insist on HTTPS the
+way the cloud does, so ``require_https`` is off here (it is on in-process).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+from adapters.bitrix24.emulator.app import BitrixEmulator, _Timeout
+
+__all__ = ["LoopbackServer", "run_forever", "serve"]
+
+STALL_S = 70.0  # a "timeout" fault stalls longer than any sane client timeout
+
+
+@dataclass
+class LoopbackServer:
+    """A running loopback server."""
+
+    url: str
+    webhook_url: str
+    httpd: ThreadingHTTPServer
+
+
+def _handler_for(emulator: BitrixEmulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            return  # request lines carry the webhook secret: never print them
+
+        def do_GET(self) -> None:
+            self._answer(b"")
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self._answer(self.rfile.read(length))
+
+        def _answer(self, body: bytes) -> None:
+            parts = urlsplit(self.path)
+            try:
+                reply = emulator.dispatch("http", unquote(parts.path), parts.query,
+                                          self.headers.get("Content-Type", ""), body,
+                                          require_https=False)
+            except _Timeout:
+                self._send(504, b"<html><body>504 Gateway Time-out</body></html>", "text/html")
+                return
+            if reply.fault == "drop":
+                self.close_connection = True
+                return
+            if reply.fault == "timeout":
+                threading.Event().wait(STALL_S)
+                self.close_connection = True
+                return
+            self._send(reply.status, reply.body, reply.content_type)
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+@contextmanager
+def serve(emulator: BitrixEmulator, host: str = "127.0.0.1", port: int = 0
+          ) -> Iterator[LoopbackServer]:
+    """Serve ``emulator`` on ``host:port`` (0 = any free port) in a background thread."""
+    httpd = ThreadingHTTPServer((host, port), _handler_for(emulator))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://{host}:{httpd.server_address[1]}"
+    try:
+        yield LoopbackServer(url, emulator.webhook_url(url), httpd)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def run_forever(emulator: BitrixEmulator, host: str, port: int) -> None:
+    """Serve until interrupted, printing the webhook URL to use."""
+    httpd = ThreadingHTTPServer((host, port), _handler_for(emulator))
+    url = f"http://{host}:{httpd.server_address[1]}"
+    print(f"Emulated Bitrix24 portal on {url}")
+    print(f"webhook_url = \"{emulator.webhook_url(url)}\"", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
