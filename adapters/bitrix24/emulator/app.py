@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qsl, unquote
 
 import httpx
 
@@ -122,6 +122,10 @@ class BitrixEmulator:
             reply = _error(exc.status, exc.code, exc.description)
         except BadRequest as exc:
             reply = _error(400, "", str(exc))
+        except _Timeout:
+            raise
+        except Exception:  # a handler bug must not kill the server thread or the client
+            reply = _error(500, "INTERNAL_SERVER_ERROR", "Internal server error")
         self._count(reply.status)
         return reply
 
@@ -274,8 +278,7 @@ class BitrixEmulator:
 
     def _batch_command(self, credential: str, command: str, done: Mapping[str, Any]
                        ) -> tuple[Outcome | None, dict[str, str] | None]:
-        text = _substitute(command, done)
-        name, _, query = text.partition("?")
+        name, _, query = command.partition("?")
         method = name.strip().lower().removesuffix(".json")
         try:
             if method == "batch":
@@ -285,11 +288,13 @@ class BitrixEmulator:
                 self._check_allowed_no_budget(credential, method)
             else:
                 self._check_allowed(credential, method)
-            return self._run(method, parse_php_query(query)), None
+            return self._run(method, _command_params(query, done)), None
         except ApiError as exc:
             return None, {"error": exc.code, "error_description": exc.description}
         except BadRequest as exc:
             return None, {"error": "", "error_description": str(exc)}
+        except Exception:  # a handler bug answers like PHP would: a 500 for that command
+            return None, {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal error"}
 
     def _check_allowed_no_budget(self, credential: str, method: str) -> None:
         enabled, self.real = self.real.enabled, _disabled(self.real)
@@ -402,20 +407,23 @@ def _commands(value: Any) -> dict[str, str]:
     raise BadRequest("Parameter 'cmd' must be array.")
 
 
-def _substitute(command: str, done: Mapping[str, Any]) -> str:
-    # $result[cmd][path…] is replaced by an earlier command's value. A missing path
-    # becomes an empty string (the real behaviour is undocumented; see the facts sheet).
-    text = command.replace("%24result%5B", "$result[").replace("%5D%5B", "][")
-    text = re.sub(r"(\$result\[[^\]]*\](?:\[[^\]]*\])*)%5D", r"\1]", text)
+def _command_params(query: str, done: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch command's parameters with ``$result[cmd][path…]`` references resolved.
+
+    References are resolved in decoded values, so clients that percent-encode them
+    (b24pysdk) and clients that do not (ours) are read alike. A missing path becomes an
+    empty string: the real behaviour is undocumented (facts sheet §4), and an empty
+    ``>ID`` then reads from the start — the duplicate trap a careless client falls into.
+    """
 
     def value(match: re.Match[str]) -> str:
         node: Any = done.get(match.group(1))
         for part in re.findall(r"\[([^\]]*)\]", match.group(2)):
             node = _step(node, part)
-        return quote(str(node), safe="") if node is not None and not isinstance(
-            node, dict | list) else ""
+        return "" if node is None or isinstance(node, dict | list) else str(node)
 
-    return _RESULT_REF.sub(value, text)
+    pairs = [(k, _RESULT_REF.sub(value, v)) for k, v in parse_qsl(query, keep_blank_values=True)]
+    return parse_php_pairs(pairs)
 
 
 def _step(node: Any, part: str) -> Any:

@@ -128,9 +128,17 @@ def list_entity(entity: str) -> Handler:
 
 
 def _id_floor(conditions: list[Any]) -> int | None:
-    floors = [int(float(str(c.value) or 0)) for c in conditions
+    floors = [_as_int(c.value) for c in conditions
               if c.field == "ID" and c.op == ">" and not isinstance(c.value, list | dict)]
     return max(floors) if floors else None
+
+
+def _as_int(value: Any) -> int:
+    # PHP compares `ID > 'abc'` as ID > 0: anything unparsable is a zero floor.
+    try:
+        return int(float(str(value).strip() or 0))
+    except ValueError:
+        return 0
 
 
 def _page(portal: Portal, entity: str, conditions: list[Any], order: Mapping[str, str],
