@@ -61,6 +61,7 @@ class EmulatorStats:
     requests: int = 0
     http_503: int = 0
     http_429: int = 0
+    batch_429: int = 0  # OPERATION_TIME_LIMIT answered to a command inside a batch
     faults_injected: int = 0
     by_status: Counter[int] = field(default_factory=Counter)
     by_method: Counter[str] = field(default_factory=Counter)
@@ -290,6 +291,9 @@ class BitrixEmulator:
                 self._check_allowed(credential, method)
             return self._run(method, _command_params(query, done)), None
         except ApiError as exc:
+            if exc.code == "OPERATION_TIME_LIMIT":
+                with self._lock:
+                    self.stats.batch_429 += 1
             return None, {"error": exc.code, "error_description": exc.description}
         except BadRequest as exc:
             return None, {"error": "", "error_description": str(exc)}

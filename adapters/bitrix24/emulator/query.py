@@ -28,10 +28,14 @@ class BadRequest(Exception):
     """A legacy CRM business error: HTTP 400 with an empty ``error`` code."""
 
 
+_NUMERIC = frozenset({"ID", "OPPORTUNITY", "PROBABILITY", "TAX_VALUE", "CONTACT_ID",
+                      "COMPANY_ID", "LEAD_ID", "QUOTE_ID", "CATEGORY_ID", "ASSIGNED_BY_ID",
+                      "CREATED_BY_ID", "MODIFY_BY_ID", "MOVED_BY_ID", "LAST_ACTIVITY_BY"})
+
+
 def is_numeric_field(name: str) -> bool:
-    """ID, *_ID links, money and counts compare as numbers."""
-    return name in ("ID", "OPPORTUNITY", "PROBABILITY", "TAX_VALUE") or (name.endswith("_ID") \
-        and name not in STATUS_TYPED)
+    """IDs, links, money and counts compare as numbers (codes like STAGE_SEMANTIC_ID do not)."""
+    return name in _NUMERIC
 
 
 def is_date_field(name: str) -> bool:

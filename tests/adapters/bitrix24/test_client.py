@@ -97,7 +97,7 @@ def test_list_keyset_single_call_then_chained_batch_until_short_page():
     ],
 )
 def test_transient_failures_are_retried(failure):
-    client, seen, clock = client_for([failure, (200, {"result": True, "time": TIME})])
+    client, _seen, clock = client_for([failure, (200, {"result": True, "time": TIME})])
     assert client.call("profile").result is True
     assert client.stats.retries == 1 and len(clock.slept) >= 1
 
