@@ -11,13 +11,17 @@ matters at millions of deals.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, fields
 from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+from sqlite_utils import Database
 
 from connector.mirror import Mirror
 from rules.columns import (
@@ -86,8 +90,8 @@ def _custom_fields(raw: str | None) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k.startswith("UF_")}
 
 
-def _rows(mirror: Mirror, sql: str) -> Iterator[tuple[Any, ...]]:
-    cursor = mirror.db.execute(sql)
+def _rows(db: Database, sql: str) -> Iterator[tuple[Any, ...]]:
+    cursor = db.execute(sql)
     while batch := cursor.fetchmany(_BATCH):
         yield from batch
 
@@ -99,7 +103,7 @@ def load_contacts(mirror: Mirror) -> list[Contact]:
     return [Contact(id=r[0], name=r[1], phones=_strings(r[2]), emails=_strings(r[3]),
                     birthday=_day(r[4]), responsible_id=r[5], created_at=_moment(r[6]),
                     deleted_at=_moment(r[7]), fields=_custom_fields(r[8]))
-            for r in _rows(mirror, sql)]
+            for r in _rows(mirror.db, sql)]
 
 
 def load_companies(mirror: Mirror) -> list[Company]:
@@ -108,7 +112,7 @@ def load_companies(mirror: Mirror) -> list[Company]:
            "order by id")
     return [Company(id=r[0], title=r[1], responsible_id=r[2], created_at=_moment(r[3]),
                     deleted_at=_moment(r[4]), fields=_custom_fields(r[5]))
-            for r in _rows(mirror, sql)]
+            for r in _rows(mirror.db, sql)]
 
 
 def _deal(r: tuple[Any, ...]) -> Deal:
@@ -125,7 +129,7 @@ def load_deals(mirror: Mirror) -> list[Deal]:
     """Every mirrored deal, deleted ones included, ordered by id."""
     sql = ("select id, contact_id, company_id, title, amount, currency, status, created_at, "
            "closed_at, updated_at, deleted_at, category_id, raw from deals order by id")
-    return [_deal(r) for r in _rows(mirror, sql)]
+    return [_deal(r) for r in _rows(mirror.db, sql)]
 
 
 def load_inputs(mirror: Mirror) -> tuple[list[Contact], list[Deal], list[Company]]:
@@ -142,33 +146,38 @@ def load_previous_ledger(mirror: Mirror, kind: str) -> list[LedgerEntry]:
 
 # -- columnar reading (the scale path) ---------------------------------------------------
 
+_MOMENT = "coalesce(closed_at, created_at)"
+_BAD_SECONDS = -(2**62)  # unixepoch() could not parse the text
+
+
 def _moment_sql(column: str) -> tuple[str, str]:
-    """SQL for (UTC microseconds of ``column``, the text itself when SQL cannot say exactly)."""
-    # SQLite parses the ISO text and applies its UTC offset in C; whole seconds are exact.
-    # Text with a fraction of a second (or that SQLite cannot parse) comes back as text and
-    # is converted in Python, so the result always equals rules.columns.utc_micros.
-    return (f"coalesce(unixepoch({column}), 0) * 1000000",
-            f"case when unixepoch({column}) is null or substr({column}, 20, 1) = '.' "
+    """SQL for (UTC seconds of ``column``, the text itself when it is not canonical)."""
+    # SQLite parses "YYYY-MM-DDTHH:MM:SS+HH:MM" (what the mapping writes) and applies the
+    # offset in C.  Anything else — a fraction of a second, "Z", no offset — comes back as
+    # text and is converted in Python, so the result always equals rules' utc_micros.
+    return (f"coalesce(unixepoch({column}), {_BAD_SECONDS})",
+            f"case when length({column}) != 25 or substr({column}, 20, 1) not in ('+', '-') "
             f"then {column} end")
 
 
 def _custom_sql(names: Iterable[str]) -> tuple[list[str], str, str]:
-    """(UF_* names, their JSON select list, a cheap prefilter) for the wanted fields."""
+    """(UF_* names, their JSON select list, a filter for non-empty values)."""
     custom = sorted(n for n in names if n.startswith("UF_"))  # what _custom_fields keeps
-    select = ", ".join(f"raw -> '$.\"{name}\"'" for name in custom)
-    where = " or ".join(f"instr(raw, '\"{name}\"') > 0" for name in custom)
-    return custom, select, where
+    paths = [f"'$.\"{name}\"'" for name in custom]
+    select = ", ".join(f"raw -> {path}" for path in paths)
+    # instr() is a plain substring search that spares the JSON parser every record
+    # without custom fields; the parse is then shared by the filter and the select.
+    where = " or ".join(f"coalesce(raw ->> {path}, '') != ''" for path in paths)
+    return custom, select, f"instr(raw, '\"UF_') > 0 and ({where})"
 
 
-def _load_fields(mirror: Mirror, table: str, names: Iterable[str]) -> FieldValues:
+def _load_fields(db: Database, table: str, names: Iterable[str]) -> FieldValues:
     """Wanted custom-field values by record id, read from the raw JSON inside SQLite."""
     custom, select, where = _custom_sql(names)
     fields: FieldValues = {name: {} for name in names}
     if not custom:
         return fields
-    # instr() is a plain substring search: it skips json parsing for the many records
-    # that cannot hold any of the fields.
-    for row in _rows(mirror, f"select id, {select} from {table} where {where}"):
+    for row in _rows(db, f"select id, {select} from {table} where {where}"):
         for name, text in zip(custom, row[1:], strict=True):
             value = json.loads(text) if text is not None else None
             if value is not None and value != "":
@@ -176,45 +185,87 @@ def _load_fields(mirror: Mirror, table: str, names: Iterable[str]) -> FieldValue
     return fields
 
 
-def _fix_moments(micros: npt.NDArray[np.int64], odd: list[tuple[int, str]]) -> None:
+def _fields_in_background(mirror: Mirror, table: str, names: set[str]
+                          ) -> Callable[[], FieldValues]:
+    """Start reading custom fields on a second connection; call the result to join."""
+    # The JSON work happens inside SQLite, which releases the GIL: on a second core it
+    # overlaps the Python-heavy column reads instead of adding ~5 s at 5M deals.
+    path = mirror.db.execute("pragma database_list").fetchone()[2]
+    if not path or not any(n.startswith("UF_") for n in names):  # in memory: one connection
+        values = _load_fields(mirror.db, table, names)
+        return lambda: values
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(_read_fields, path, table, names)
+    pool.shutdown(wait=False)
+    return future.result
+
+
+def _read_fields(path: str, table: str, names: set[str]) -> FieldValues:
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return _load_fields(Database(conn), table, names)
+
+
+class _Column:
+    """A numpy column read in batches: one small array per batch, joined once."""
+
+    def __init__(self, dtype: type[np.generic]) -> None:
+        self.dtype = dtype
+        self.parts: list[npt.NDArray[Any]] = []
+
+    def add(self, values: Sequence[Any]) -> None:
+        self.parts.append(np.array(values, dtype=self.dtype))
+
+    def done(self) -> npt.NDArray[Any]:
+        joined = np.concatenate(self.parts) if self.parts else np.zeros(0, self.dtype)
+        self.parts.clear()  # free the batches before the next column is joined
+        return joined
+
+
+def _moments(seconds: npt.NDArray[np.int64], odd: list[tuple[int, str]]
+             ) -> npt.NDArray[np.int64]:
+    micros = seconds * 1_000_000
     for index, text in odd:
         moment = _moment(text)
-        if moment is None:
-            raise ValueError(f"unreadable timestamp {text!r} in the mirror")
+        assert moment is not None  # coalesce(closed_at, created_at) of a mapped deal
         micros[index] = utc_micros(moment)
+    bad = np.flatnonzero(seconds == _BAD_SECONDS)
+    if len(bad) and not set(bad.tolist()) <= {i for i, _ in odd}:
+        raise ValueError("the mirror holds a deal timestamp that is not ISO 8601")
+    return micros
 
 
-def load_deal_columns(mirror: Mirror, config: RulesConfig) -> DealColumns:
+_DEAL_SQL = ("select id, coalesce(contact_id, -1), coalesce(company_id, -1), case status "
+             "when 'open' then 0 when 'won' then 1 when 'lost' then 2 else -1 end, "
+             "coalesce(amount, 0.0), currency, category_id, {}, {}, deleted_at is not null "
+             "from deals").format(*_moment_sql(_MOMENT))
+
+
+def load_deal_columns(mirror: Mirror, config: RulesConfig,
+                      fields: Callable[[], FieldValues] | None = None) -> DealColumns:
     """Every deal (deleted ones included) as ``rules`` columns, without Deal objects."""
-    micros_sql, odd_sql = _moment_sql("coalesce(closed_at, created_at)")
-    sql = ("select id, coalesce(contact_id, -1), coalesce(company_id, -1), case status "
-           "when 'open' then 0 when 'won' then 1 when 'lost' then 2 else -1 end, "
-           f"coalesce(amount, 0.0), currency, category_id, {micros_sql}, {odd_sql}, "
-           "deleted_at is not null from deals")
-    parts: list[list[Any]] = [[] for _ in range(10)]
+    types = (np.int64, np.int64, np.int64, np.int8, np.float64, None, None, np.int64, None,
+             np.bool_)
+    columns = {i: _Column(t) for i, t in enumerate(types) if t is not None}
     currency, category = Codes(), Codes()
+    currencies, categories = _Column(np.int16), _Column(np.int32)
     odd: list[tuple[int, str]] = []
     seen = 0
-    cursor = mirror.db.execute(sql)
+    cursor = mirror.db.execute(_DEAL_SQL)
     while batch := cursor.fetchmany(_BATCH):
-        columns = list(zip(*batch, strict=True))
-        for i in (0, 1, 2, 3, 4, 7, 9):
-            parts[i].append(np.array(columns[i]))
-        parts[5].append(np.fromiter(map(currency, columns[5]), np.int16, len(batch)))
-        parts[6].append(np.fromiter(map(category, columns[6]), np.int32, len(batch)))
-        odd.extend((seen + i, t) for i, t in enumerate(columns[8]) if t is not None)
+        values = list(zip(*batch, strict=True))
+        for i, column in columns.items():
+            column.add(values[i])
+        currencies.add(currency.encode(values[5]))
+        categories.add(category.encode(values[6]))
+        odd.extend((seen + i, t) for i, t in enumerate(values[8]) if t is not None)
         seen += len(batch)
-    col = [np.concatenate(p) if p else np.zeros(0) for p in parts]
-    moment = col[7].astype(np.int64)
-    _fix_moments(moment, odd)
-    deal_fields, _ = wanted_fields(config)
     return DealColumns(
-        id=col[0].astype(np.int64), contact_id=col[1].astype(np.int64),
-        company_id=col[2].astype(np.int64), status=col[3].astype(np.int8),
-        amount=col[4].astype(np.float64), currency=col[5].astype(np.int16),
-        currencies=currency.names(), category=col[6].astype(np.int32),
-        categories=category.names(), moment=moment, deleted=col[9].astype(np.bool_),
-        fields=_load_fields(mirror, "deals", deal_fields),
+        id=columns[0].done(), contact_id=columns[1].done(), company_id=columns[2].done(),
+        status=columns[3].done(), amount=columns[4].done(), currency=currencies.done(),
+        currencies=currency.names(), category=categories.done(),
+        categories=category.names(), moment=_moments(columns[7].done(), odd),
+        deleted=columns[9].done(),
+        fields=(fields or _fields_in_background(mirror, "deals", wanted_fields(config)[0]))(),
     )
 
 
@@ -234,7 +285,7 @@ def load_record_columns(mirror: Mirror, table: str, config: RulesConfig) -> Reco
         sql = "select id, deleted_at is not null, null, null, 0, 0 from companies"
     region = config.customer.phone_region
     ids, deleted, phone, email, month, day = [], [], [], [], [], []
-    for row in _rows(mirror, sql):
+    for row in _rows(mirror.db, sql):
         ids.append(row[0])
         deleted.append(row[1])
         reach = _channels(row[2], row[3], region)
@@ -247,7 +298,7 @@ def load_record_columns(mirror: Mirror, table: str, config: RulesConfig) -> Reco
         ids=np.array(ids, dtype=np.int64), deleted=np.array(deleted, dtype=np.bool_),
         has_phone=np.array(phone, dtype=np.bool_), has_email=np.array(email, dtype=np.bool_),
         birth_month=np.array(month, dtype=np.int64), birth_day=np.array(day, dtype=np.int64),
-        fields=_load_fields(mirror, table, record_fields),
+        fields=_load_fields(mirror.db, table, record_fields),
     )
 
 
@@ -400,10 +451,14 @@ def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = N
     now = datetime.now(UTC)
     as_of = as_of or now
     kind = config.customer.kind
+    deal_fields = _fields_in_background(mirror, "deals", wanted_fields(config)[0])
     previous = load_previous_columns(mirror, kind)
-    contacts, deals, companies = load_columns(mirror, config)
-    result = compute_columns(contacts, deals, companies, config, as_of, previous)
+    # The columns go straight into the call, unnamed here, so compute_columns holds the
+    # only reference and can free them once its purchase history is built.
+    result = compute_columns(load_record_columns(mirror, "contacts", config),
+                             load_deal_columns(mirror, config, deal_fields),
+                             load_record_columns(mirror, "companies", config),
+                             config, as_of, previous)
     if store:
         store_result(mirror, result, kind, as_of, now.isoformat(timespec="seconds"))
     return result
-

@@ -226,14 +226,23 @@ class Codes:
 
     def __init__(self) -> None:
         self.index: dict[str, int] = {}
+        self._lookup: dict[str | None, int] = {None: -1, "": -1}
 
     def __call__(self, value: str | None) -> int:
         if not value:
             return -1
         code = self.index.get(value)
         if code is None:
-            code = self.index[value] = len(self.index)
+            code = self.index[value] = self._lookup[value] = len(self.index)
         return code
+
+    def encode(self, values: Sequence[str | None]) -> list[int]:
+        """The code of every value (new strings get the next codes, in first-seen order)."""
+        lookup = self._lookup
+        for value in values:  # cheap: almost every value is already known
+            if value not in lookup:
+                self(value)
+        return list(map(lookup.__getitem__, values))
 
     def names(self) -> tuple[str, ...]:
         """The coded strings, in code order."""

@@ -249,6 +249,9 @@ def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: Reco
         raise ValueError("as_of must be timezone-aware")
     customers = build_customers(contacts, companies, deals, config)
     history = build_history(customers, deals, config, as_of)
+    # The raw columns are not needed any more; when the caller passed them without
+    # keeping a reference (rules_io does), this frees them before the ledger's peak.
+    del contacts, deals, companies
     cols = _columns(history, config, PreviousLedger.of(previous_ledger))
     start, end = period or default_period(date.fromordinal(history.as_of_day),
                                           config.metrics.period_months)

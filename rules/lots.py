@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 
 from rules.models import LedgerEntry
 
@@ -25,6 +26,7 @@ __all__ = [
     "Event",
     "Lots",
     "carried_event",
+    "day_of",
     "reversal_event",
 ]
 
@@ -35,7 +37,13 @@ PHASE_EXPIRE, PHASE_DEAL, PHASE_RECORD, PHASE_REVERSAL = range(4)
 SUB_REDEEM, SUB_EARN, SUB_BONUS = range(3)
 
 
-@dataclass
+@lru_cache(maxsize=8192)
+def day_of(ordinal: int) -> date:
+    """``date.fromordinal``, shared: hundreds of thousands of entries fall on few days."""
+    return date.fromordinal(ordinal)
+
+
+@dataclass(slots=True)
 class Event:
     """One ledger movement inside the sequential walk of a single customer."""
 
@@ -80,6 +88,7 @@ class Lots:
         self.debt = 0
         self.clamped = 0
         self.out: list[LedgerEntry] = []
+        self.expired = f"points expired after {expiry_days} days"
 
     def credit(self, key: str, points: int, day: int) -> None:
         paid = min(self.debt, points)  # a negative balance is settled first
@@ -109,8 +118,8 @@ class Lots:
             if lot[3] >= 0 and self.lots.get(key) is lot:  # not closed by a reversal
                 if lot[0] > 0:
                     self.out.append(LedgerEntry(
-                        self.customer_id, "expire", None, -lot[0], date.fromordinal(lot[3]),
-                        None, f"points expired after {self.expiry_days} days", "expire:" + key))
+                        self.customer_id, "expire", None, -lot[0], day_of(lot[3]), None,
+                        self.expired, "expire:" + key))
                     lot[2] += lot[0]
                     lot[0] = 0
                 lot[3] = -1
@@ -127,7 +136,7 @@ class Lots:
             if spent < ev.points:
                 reason += f" (requested {ev.points}, clamped to balance)"
             self.out.append(LedgerEntry(self.customer_id, "redeem", ev.deal, -spent,
-                                        date.fromordinal(ev.day), None, reason, ev.key))
+                                        day_of(ev.day), None, reason, ev.key))
 
     def reverse(self, ev: Event) -> None:
         target = ev.key[len("reversal:"):]
@@ -149,5 +158,5 @@ class Lots:
         if ev.entry is None:
             deal = ev.deal if ev.deal >= 0 else None
             self.out.append(LedgerEntry(self.customer_id, "reversal", deal, points,
-                                        date.fromordinal(ev.day), None,
+                                        day_of(ev.day), None,
                                         f"reversed: {target} no longer counts", ev.key))

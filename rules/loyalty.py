@@ -19,7 +19,7 @@ through the sequential lot walk (``rules.lots``).  Point arithmetic lives in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -323,9 +323,11 @@ def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
             b.extra_rows.append(row)
         if row in per_row:
             per_row[row].append(ev)
-    _add_walk_earns(history, earns, per_row)
-    for row in sorted(per_row):
-        for entry in b.walk(row, per_row[row]):
+    rows = sorted(per_row)
+    # Each customer's earn events are built just before their walk and dropped after:
+    # the walked customers are the heaviest buyers, ~a million events at benchmark scale.
+    for row, own_earns in zip(rows, _walk_earns(history, earns, rows), strict=True):
+        for entry in b.walk(row, per_row.pop(row) + own_earns):
             b.extras.append(entry)
             b.extra_rows.append(row)
     _expire_simple_bonuses(b, events, walk_rows)
@@ -334,19 +336,22 @@ def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
     return _assemble(b, earns, walk_rows)
 
 
-def _add_walk_earns(history: PurchaseHistory, earns: _Earns,
-                    per_row: dict[int, list[Event]]) -> None:
-    # Gather the walked customers' purchases with numpy, then one tolist() per column:
-    # indexing numpy scalars one by one costs more than building the events.
-    rows = np.array(sorted(per_row), dtype=np.int64)
-    counts = history.starts[rows + 1] - history.starts[rows]
-    pos = np.repeat(history.starts[rows] - np.cumsum(counts) + counts, counts)
+def _walk_earns(history: PurchaseHistory, earns: _Earns, rows: list[int]
+                ) -> Iterator[list[Event]]:
+    """The earn events of each of ``rows`` (ascending), one customer at a time."""
+    # Gather the walked customers' purchases with numpy once; per customer, one tolist()
+    # per column: indexing numpy scalars one by one costs more than the events.
+    picked = np.array(rows, dtype=np.int64)
+    counts = history.starts[picked + 1] - history.starts[picked]
+    ends = np.cumsum(counts)
+    pos = np.repeat(history.starts[picked] - ends + counts, counts)
     pos += np.arange(len(pos), dtype=np.int64)
-    columns = (np.repeat(rows, counts), history.day[pos], history.deal_id[pos],
-               earns.points[pos])
-    for row, day, deal, points in zip(*(c.tolist() for c in columns), strict=True):
-        per_row[row].append(Event(day, PHASE_DEAL, deal, SUB_EARN, f"earn:deal:{deal}",
-                                  points, None))
+    day, deal, points = history.day[pos], history.deal_id[pos], earns.points[pos]
+    del pos
+    for start, stop in zip((ends - counts).tolist(), ends.tolist(), strict=True):
+        yield [Event(d, PHASE_DEAL, i, SUB_EARN, f"earn:deal:{i}", p, None)
+               for d, i, p in zip(day[start:stop].tolist(), deal[start:stop].tolist(),
+                                  points[start:stop].tolist(), strict=True)]
 
 
 def _expire_simple_bonuses(b: _LedgerBuilder, events: list[tuple[int, Event]],
@@ -391,16 +396,25 @@ def _assemble(b: _LedgerBuilder, earns: _Earns, walk_rows: set[int]) -> Ledger:
     return _finish(b, earns, asm)
 
 
+def _joined(parts: list[Any], dtype: type[np.generic] | None = None) -> npt.NDArray[Any]:
+    """Concatenate ``parts`` and empty the list, so each part can be freed right away."""
+    joined = np.concatenate(parts).astype(dtype or parts[0].dtype, copy=False)
+    parts.clear()
+    return joined
+
+
 def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
     h = b.h
-    row = np.concatenate(asm.row)
     n = len(h.customers)
-    balance = np.rint(np.bincount(row, weights=np.concatenate(asm.points), minlength=n))
-    order = np.lexsort((np.concatenate(asm.sub), np.concatenate(asm.deal),
-                        np.concatenate(asm.phase), np.concatenate(asm.day), row))
+    # Millions of entries: int32 rows and days (ordinals < 2**31) and freeing every part
+    # as soon as it is joined keep this sort, the memory peak of compute, small.
+    row = _joined(asm.row, np.int32)
+    balance = np.rint(np.bincount(row, weights=_joined(asm.points), minlength=n))
+    order = np.lexsort((_joined(asm.sub), _joined(asm.deal), _joined(asm.phase),
+                        _joined(asm.day, np.int32), row))
     del row
-    source = np.concatenate(asm.source)[order]
-    index = np.concatenate(asm.index)[order]
+    source = _joined(asm.source)[order]
+    index = _joined(asm.index)[order]
     del order
     count = np.diff(h.starts)
     tier = tier_index(b.cfg.tiers, count)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,9 +49,9 @@ def write(mirror: Mirror, entity: str, rows: list[dict[str, Any]]) -> None:
     mirror.write_page(entity, rows, [], SyncState(entity), seen_at="t")
 
 
-def shop() -> Mirror:
+def shop(mirror: Mirror | None = None) -> Mirror:
     """Contact 1 bought twice (one birthday purchase) and lost a deal; contact 2 never."""
-    mirror = Mirror.memory()
+    mirror = mirror or Mirror.memory()
     write(mirror, "contacts", [
         contact(1, phones=["+7 916 123-45-67"], emails=["a@b.ru"], birthday="1990-02-10"),
         contact(2, emails=["not an email"]),
@@ -201,9 +202,9 @@ def test_a_failure_while_storing_keeps_the_previous_results(monkeypatch: Any) ->
     assert after == before
 
 
-def rich_shop() -> Mirror:
+def rich_shop(mirror: Mirror | None = None) -> Mirror:
     """Everything the SQL column reader converts itself: offsets, fractions, codes, fields."""
-    mirror = shop()
+    mirror = shop(mirror)
     write(mirror, "contacts", [
         contact(3, phones=["8 (916) 000-11-22"], birthday="1985-12-31"),
         contact(4, deleted_at="2025-01-01T00:00:00+00:00", phones=["+79160001122"]),
@@ -233,9 +234,12 @@ RICH = RulesConfig.model_validate({
 })
 
 
-@pytest.mark.parametrize("kind", ["contact", "company"])
-def test_the_column_reader_matches_the_record_reader(kind: str) -> None:
-    mirror = rich_shop()
+@pytest.mark.parametrize(("kind", "on_disk"), [("contact", False), ("company", False),
+                                              ("contact", True)])
+def test_the_column_reader_matches_the_record_reader(kind: str, on_disk: bool,
+                                                     tmp_path: Path) -> None:
+    # on disk, custom fields are read on a second connection in a thread
+    mirror = rich_shop(Mirror.open(tmp_path / "m.db") if on_disk else None)
     config = RICH.model_copy(update={"customer": CustomerConfig(kind=kind)})
     via_columns = run_rules(mirror, config, as_of=AS_OF, store=False)
     contacts, deals, companies = load_inputs(mirror)
