@@ -3,8 +3,8 @@
 The emulator runs in this process over loopback with the default limits (leaky bucket
 50 / 2 per s, 480 s per method per 10 min) and the published server costs, all on a
 clock ``--time-scale`` times real time. Each client runs in its own child process
-against a fresh emulator (so budgets do not carry over) and its peak RSS is that
-child's ``ru_maxrss``.
+against a fresh emulator (so budgets do not carry over) and reports its own peak RSS
+(``VmHWM``: ``ru_maxrss`` would also count the pages a child inherits at fork).
 
 The ceiling a client is measured against is computed from the same model:
 
@@ -49,6 +49,14 @@ from adapters.bitrix24.emulator import (  # noqa: E402
 ROWS_PER_BATCH = 2_500
 
 OURS = """
+def peak_mb():
+    # VmHWM belongs to this process's own address space (ru_maxrss would also count the
+    # parent's pages copied at fork time).
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
 import json, sys, time
 from connector.config import parse_config
 from connector.mirror import Mirror
@@ -62,10 +70,19 @@ summary = run_sync(config, Mirror.open(path), client)
 elapsed = time.perf_counter() - t0
 totals = summary.totals()
 print(json.dumps({"rows": totals["fetched"], "seconds": elapsed, "ok": summary.ok,
+                  "peak_mb": peak_mb(),
                   "error": "; ".join(r.error or "" for r in summary.reports if r.error)}))
 """
 
 FAST_BITRIX24 = """
+def peak_mb():
+    # VmHWM belongs to this process's own address space (ru_maxrss would also count the
+    # parent's pages copied at fork time).
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
 import json, sys, time, inspect
 from fast_bitrix24 import Bitrix
 url, scale = sys.argv[1], float(sys.argv[2])
@@ -85,10 +102,18 @@ try:
 except BaseException as exc:
     error = f"{type(exc).__name__}: {str(exc)[:160]}"
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0, "ok": not error,
-                  "error": error}))
+                  "error": error, "peak_mb": peak_mb()}))
 """
 
 B24PYSDK = """
+def peak_mb():
+    # VmHWM belongs to this process's own address space (ru_maxrss would also count the
+    # parent's pages copied at fork time).
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
 import importlib, json, sys, time
 from urllib.parse import urlsplit
 from b24pysdk import BitrixWebhook, Client
@@ -106,7 +131,7 @@ try:
 except BaseException as exc:
     error = f"{type(exc).__name__}: {str(exc)[:160]}"
 print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0, "ok": not error,
-                  "error": error}))
+                  "error": error, "peak_mb": peak_mb()}))
 """
 
 
@@ -120,32 +145,32 @@ class Result:
     requests: int
     http_503: int
     http_429: int
+    batch_429: int
     peak_rss_mb: float
     ok: bool
     error: str
 
 
 def run_child(name: str, code: str, args: list[str], emulator: BitrixEmulator) -> Result:
-    """Run one client in a child process; read its peak RSS with wait4."""
-    before = emulator.stats.requests, emulator.stats.http_503, emulator.stats.http_429
+    """Run one client in a child process; it reports its own peak RSS (VmHWM)."""
+    before = (emulator.stats.requests, emulator.stats.http_503, emulator.stats.http_429,
+              emulator.stats.batch_429)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
         proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out_f,
                                 stderr=err_f, env=env, text=True)
-        # wait4 (not communicate) so this child's own peak RSS is read, not all children's
-        _, _, usage = os.wait4(proc.pid, 0)
-        proc.returncode = 0
+        proc.wait()
         out_f.seek(0)
         err_f.seek(0)
         out, err = out_f.read(), err_f.read()
-    peak = usage.ru_maxrss / 1024
     try:
         data = json.loads(out.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         data = {"rows": 0, "seconds": 0.0, "ok": False, "error": (err or out)[-200:]}
     stats = emulator.stats
     return Result(name, data["rows"], data["seconds"], stats.requests - before[0],
-                  stats.http_503 - before[1], stats.http_429 - before[2], peak, data["ok"],
+                  stats.http_503 - before[1], stats.http_429 - before[2],
+                  stats.batch_429 - before[3], data.get("peak_mb", 0.0), data["ok"],
                   data.get("error", ""))
 
 
@@ -225,16 +250,19 @@ def render(results: list[Result], ceil: dict[str, float], args: argparse.Namespa
         f"schedule-aware {ceil['schedule']:,.0f}.",
         "",
         "| client | rows | seconds | rows/s | ÷ binding | ÷ schedule | requests | 503 | 429 "
-        "| peak RSS MB | result |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| 429 in batch | peak RSS MB | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    expected = sum(table_rows.values())
     for r in results:
         rate = r.rows / r.seconds if r.seconds else 0.0
         outcome = "ok" if r.ok else f"failed: {r.error[:90]}"
+        if r.ok and r.rows != expected:
+            outcome = f"INCOMPLETE: {r.rows:,} of {expected:,} rows, no error raised"
         lines.append(
             f"| {r.name} | {r.rows:,} | {r.seconds:.1f} | {rate:,.0f} | "
             f"{rate / ceil['binding']:.2f} | {rate / ceil['schedule']:.2f} | {r.requests} | "
-            f"{r.http_503} | {r.http_429} | {r.peak_rss_mb:.0f} | {outcome} |"
+            f"{r.http_503} | {r.http_429} | {r.batch_429} | {r.peak_rss_mb:.0f} | {outcome} |"
         )
     return "\n".join(lines)
 
