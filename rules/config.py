@@ -234,6 +234,7 @@ class ModelConfig(_Section):
     clv_horizon_days: int = Field(365, ge=1)
     discount_rate: float = Field(0.0, ge=0)
     churn_weight: float = Field(0.5, ge=0, le=1)
+    fit_sample: int = Field(100_000, ge=0)
 
 
 class MetricsConfig(_Section):

@@ -60,7 +60,7 @@ def install(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> dict[str, An
     return seen
 
 
-def base() -> RulesResult:
+def base_deals() -> list[Deal]:
     deals = []
     for customer in range(1, 41):  # 40 buyers, each with purchases 10 and 40 days ago
         for k, days in enumerate((40, 10)):
@@ -68,7 +68,12 @@ def base() -> RulesResult:
             deals.append(Deal(id=customer * 10 + k, contact_id=customer, company_id=None,
                               title=None, amount=1000.0 * (k + 1), currency="RUB",
                               status="won", created_at=moment, closed_at=moment))
-    return compute([Contact(id=i) for i in range(1, 42)], deals, [], RulesConfig(), AS_OF)
+    return deals
+
+
+def base() -> RulesResult:
+    return compute([Contact(id=i) for i in range(1, 42)], base_deals(), [], RulesConfig(),
+                   AS_OF)
 
 
 def test_fitted_model_blends_into_the_churn_score(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,3 +99,40 @@ def test_fit_failure_falls_back_to_signals(monkeypatch: pytest.MonkeyPatch) -> N
     assert result.states[0].model_used == "signals"
     assert result.states[0].p_alive is None
     assert any("BG/NBD not fitted (too few repeat customers)" in n for n in result.notes)
+
+
+def test_large_bases_are_fitted_on_a_stable_sample_but_predicted_for_all(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = install(monkeypatch)
+    fitted: dict[str, int] = {}
+    gamma = sys.modules["rules.gammagamma"]
+    spend_fit = gamma.fit  # type: ignore[attr-defined]
+
+    def counting_fit(frequency: Any, monetary: Any) -> Any:
+        fitted["gamma"] = len(frequency)
+        return spend_fit(frequency, monetary)
+
+    gamma.fit = counting_fit  # type: ignore[attr-defined]
+    deals = base_deals()
+    config = RulesConfig.model_validate({"model": {"fit_sample": 25}})
+    result = compute([Contact(id=i) for i in range(1, 42)], deals, [], config, AS_OF)
+    assert len(seen["inputs"][0]) == 25 and fitted["gamma"] == 25
+    assert all(s.p_alive == 0.2 for s in result.states[:40])  # predictions for every buyer
+    first = seen["inputs"]
+    compute([Contact(id=i) for i in range(1, 42)], deals, [], config, AS_OF)
+    assert seen["inputs"] == first  # the same base gives the same sample
+
+
+def test_fit_sample_is_a_stable_subset_chosen_by_id() -> None:
+    from rules.churn import fit_sample
+
+    ids = np.arange(1000, 2000, dtype=np.int64)
+    picked = fit_sample(ids, 100)
+    assert len(picked) == 100 and len(set(picked.tolist())) == 100
+    assert picked.tolist() == sorted(picked.tolist())
+    # chosen by id, not by position: the same customers whatever the row order
+    reversed_ids = ids[::-1].copy()
+    assert sorted(reversed_ids[fit_sample(reversed_ids, 100)].tolist()) == sorted(
+        ids[picked].tolist())
+    assert fit_sample(ids, 0).tolist() == list(range(1000))
+    assert fit_sample(ids[:10], 100).tolist() == list(range(10))
