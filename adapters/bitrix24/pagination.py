@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from connector.errors import FatalCrmError
+
 __all__ = [
     "MAX_BATCH",
     "PAGE_SIZE",
@@ -24,14 +26,22 @@ __all__ = [
     "keyset_params",
     "plan_keyset_batch",
     "read_keyset_batch",
+    "read_keyset_page",
 ]
 
 PAGE_SIZE = 50
 MAX_BATCH = 50
 
 
-class PagingError(RuntimeError):
-    """The server's pages broke the keyset invariant (IDs not strictly ascending)."""
+class PagingError(FatalCrmError):
+    """The server's pages broke the keyset invariant (IDs not strictly ascending).
+
+    A ``FatalCrmError`` so a sync reports it for that entity instead of crashing: what
+    was already stored stays, and the next run resumes from the last good ID.
+    """
+
+    def __init__(self, message: str, *, method: str = "") -> None:
+        super().__init__(message, crm="bitrix24", method=method, code="KEYSET_ORDER")
 
 
 def encode_php_query(params: Mapping[str, Any]) -> str:
@@ -95,6 +105,8 @@ def plan_keyset_batch(
     """
     if not 1 <= pages <= MAX_BATCH:
         raise ValueError(f"a batch holds 1..{MAX_BATCH} commands, not {pages}")
+    if not key_prefix or key_prefix[0].isdigit() or not key_prefix.isidentifier():
+        raise ValueError(f"key_prefix must be a non-numeric identifier, not {key_prefix!r}")
     commands: dict[str, str] = {}
     previous: str | None = None
     for index in range(pages):
@@ -110,8 +122,9 @@ def plan_keyset_batch(
 class KeysetStep:
     """What one keyset batch yielded.
 
-    ``done`` means a short page was seen (the table is exhausted); ``error`` is the
-    first failed command's error payload, rows before it are kept.
+    ``done`` means a short page was seen (the walk is over). ``error`` is the payload
+    of the first command that failed (or returned nothing); the rows before it are
+    kept and ``done`` is False, so the walk can go on from ``last_id``.
     """
 
     rows: list[dict[str, Any]]
@@ -130,38 +143,63 @@ def as_php_map(value: Any) -> dict[str, Any]:
 
 
 def read_keyset_batch(
-    results: Mapping[str, Any],
-    errors: Mapping[str, Any],
-    keys: Sequence[str],
-    after_id: int,
+    batch_result: Mapping[str, Any], keys: Sequence[str], after_id: int
 ) -> KeysetStep:
     """Concatenate the pages of a keyset batch in key order, up to the first short page.
 
-    Everything after a short page is discarded: what the server substitutes for a
-    ``$result`` path that does not exist is undocumented, and it may restart the walk.
+    ``batch_result`` is the batch envelope's ``result`` object (``result``,
+    ``result_error``, … as PHP sends them). Everything after a short page is discarded:
+    what the server substitutes for a ``$result`` path that does not exist is
+    undocumented, and it may restart the walk. Raises :class:`PagingError` when IDs do
+    not ascend strictly above the previous last ID (a loop) or a page is not a list.
     """
+    results = as_php_map(batch_result.get("result"))
+    errors = as_php_map(batch_result.get("result_error"))
     rows: list[dict[str, Any]] = []
     last_id = after_id
     for key in keys:
-        if key in errors:
-            return KeysetStep(rows, last_id, False, errors[key])
-        page = results.get(key)
-        page_rows = page if isinstance(page, list) else []
-        last_id = _check_ascending(page_rows, last_id)
-        rows.extend(page_rows)
-        if len(page_rows) < PAGE_SIZE:
+        if key in errors or key not in results:
+            return KeysetStep(rows, last_id, False, _error_payload(errors.get(key), key))
+        page = _page_rows(results[key], key)
+        last_id = _check_ascending(page, last_id, key)
+        rows.extend(page)
+        if len(page) < PAGE_SIZE:
             return KeysetStep(rows, last_id, True)
     return KeysetStep(rows, last_id, False)
 
 
-def _check_ascending(rows: Sequence[Mapping[str, Any]], after_id: int) -> int:
+def _error_payload(error: Any, key: str) -> Mapping[str, Any]:
+    if isinstance(error, Mapping):
+        return error
+    # halt=0 answers every command; a missing one is treated as that command failing.
+    return {"error": "", "error_description": f"batch returned no result for command {key}"}
+
+
+def _page_rows(page: Any, key: str) -> list[dict[str, Any]]:
+    # Anything but a list of rows would otherwise look like a short page and end the
+    # walk early, silently losing the rest.
+    if not isinstance(page, list) or not all(isinstance(row, Mapping) for row in page):
+        raise PagingError(f"command {key} did not return a list of rows")
+    return [dict(row) for row in page]
+
+
+def _check_ascending(rows: Sequence[Mapping[str, Any]], after_id: int, key: str = "") -> int:
     last = after_id
     for row in rows:
         try:
             current = int(str(row.get("ID")))
         except ValueError:
-            raise PagingError(f"row without a numeric ID after {last}") from None
+            raise PagingError(f"{key or 'page'}: a row without a numeric ID after {last}") \
+                from None
         if current <= last:
-            raise PagingError(f"keyset went backwards: ID {current} after {last}")
+            raise PagingError(f"{key or 'page'}: keyset went backwards: ID {current} after "
+                              f"{last}")
         last = current
     return last
+
+
+def read_keyset_page(result: Any, after_id: int) -> KeysetStep:
+    """One keyset page answered by a single call (not a batch)."""
+    rows = _page_rows(result, "page")
+    last_id = _check_ascending(rows, after_id)
+    return KeysetStep(rows, last_id, len(rows) < PAGE_SIZE)
