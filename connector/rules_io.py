@@ -11,12 +11,10 @@ matters at millions of deals.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import asdict, fields
 from datetime import UTC, date, datetime
+from itertools import compress
 from typing import Any, cast
 
 import numpy as np
@@ -160,49 +158,36 @@ def _moment_sql(column: str) -> tuple[str, str]:
             f"then {column} end")
 
 
-def _custom_sql(names: Iterable[str]) -> tuple[list[str], str, str]:
-    """(UF_* names, their JSON select list, a filter for non-empty values)."""
+def _custom_sql(names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(UF_* names, SQL giving each one's JSON text, NULL when absent or empty)."""
     custom = sorted(n for n in names if n.startswith("UF_"))  # what _custom_fields keeps
     paths = [f"'$.\"{name}\"'" for name in custom]
-    select = ", ".join(f"raw -> {path}" for path in paths)
-    # instr() is a plain substring search that spares the JSON parser every record
-    # without custom fields; the parse is then shared by the filter and the select.
-    where = " or ".join(f"coalesce(raw ->> {path}, '') != ''" for path in paths)
-    return custom, select, f"instr(raw, '\"UF_') > 0 and ({where})"
+    # SQLite caches the parsed JSON of a row, so the test and the value share one parse.
+    return custom, [f"case when coalesce(raw ->> {p}, '') != '' then raw -> {p} end"
+                    for p in paths]
+
+
+def _add_fields(fields: FieldValues, names: list[str], ids: Sequence[int],
+                columns: Sequence[Sequence[str | None]]) -> None:
+    for name, texts in zip(names, columns, strict=True):
+        found = fields[name]
+        # compress() drops the NULLs (almost every row) in C, before any Python runs
+        for record, text in compress(zip(ids, texts, strict=True), texts):
+            value = json.loads(cast(str, text))
+            if value is not None and value != "":
+                found[record] = value
 
 
 def _load_fields(db: Database, table: str, names: Iterable[str]) -> FieldValues:
     """Wanted custom-field values by record id, read from the raw JSON inside SQLite."""
-    custom, select, where = _custom_sql(names)
+    custom, select = _custom_sql(names)
     fields: FieldValues = {name: {} for name in names}
-    if not custom:
-        return fields
-    for row in _rows(db, f"select id, {select} from {table} where {where}"):
-        for name, text in zip(custom, row[1:], strict=True):
-            value = json.loads(text) if text is not None else None
-            if value is not None and value != "":
-                fields[name][row[0]] = value
+    if custom:
+        cursor = db.execute(f"select id, {', '.join(select)} from {table}")
+        while batch := cursor.fetchmany(_BATCH):
+            values = list(zip(*batch, strict=True))
+            _add_fields(fields, custom, values[0], values[1:])
     return fields
-
-
-def _fields_in_background(mirror: Mirror, table: str, names: set[str]
-                          ) -> Callable[[], FieldValues]:
-    """Start reading custom fields on a second connection; call the result to join."""
-    # The JSON work happens inside SQLite, which releases the GIL: on a second core it
-    # overlaps the Python-heavy column reads instead of adding ~5 s at 5M deals.
-    path = mirror.db.execute("pragma database_list").fetchone()[2]
-    if not path or not any(n.startswith("UF_") for n in names):  # in memory: one connection
-        values = _load_fields(mirror.db, table, names)
-        return lambda: values
-    pool = ThreadPoolExecutor(max_workers=1)
-    future = pool.submit(_read_fields, path, table, names)
-    pool.shutdown(wait=False)
-    return future.result
-
-
-def _read_fields(path: str, table: str, names: set[str]) -> FieldValues:
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-        return _load_fields(Database(conn), table, names)
 
 
 class _Column:
@@ -226,7 +211,8 @@ def _moments(seconds: npt.NDArray[np.int64], odd: list[tuple[int, str]]
     micros = seconds * 1_000_000
     for index, text in odd:
         moment = _moment(text)
-        assert moment is not None  # coalesce(closed_at, created_at) of a mapped deal
+        if moment is None:  # cannot happen: coalesce(closed_at, created_at) is never empty
+            raise ValueError("a deal without created_at in the mirror")
         micros[index] = utc_micros(moment)
     bad = np.flatnonzero(seconds == _BAD_SECONDS)
     if len(bad) and not set(bad.tolist()) <= {i for i, _ in odd}:
@@ -234,15 +220,30 @@ def _moments(seconds: npt.NDArray[np.int64], odd: list[tuple[int, str]]
     return micros
 
 
-_DEAL_SQL = ("select id, coalesce(contact_id, -1), coalesce(company_id, -1), case status "
-             "when 'open' then 0 when 'won' then 1 when 'lost' then 2 else -1 end, "
-             "coalesce(amount, 0.0), currency, category_id, {}, {}, deleted_at is not null "
-             "from deals").format(*_moment_sql(_MOMENT))
+def _deal_sql(config: RulesConfig, custom: list[str]) -> tuple[str, list[Any]]:
+    """The one deal scan: numbers only, strings only where a rule can tell them apart."""
+    # Every text value costs a Python object per row.  The portal currency means the same
+    # as no currency, and categories matter only when configured, so both come back as
+    # NULL unless they can change a decision.
+    cats = config.purchases.categories
+    category = (f"case when category_id in ({', '.join('?' * len(cats))}) then category_id end"
+                if cats else "null")
+    company = "coalesce(company_id, -1)" if config.customer.kind == "company" else "-1"
+    seconds, odd = _moment_sql(_MOMENT)
+    sql = (f"select id, coalesce(contact_id, -1), {company}, case status when 'open' then 0 "
+           "when 'won' then 1 when 'lost' then 2 else -1 end, coalesce(amount, 0.0), "
+           f"nullif(currency, ?), {category}, {seconds}, {odd}, deleted_at is not null"
+           f"{''.join(', ' + s for s in _custom_sql(custom)[1])} from deals")
+    return sql, [config.purchases.currency, *cats]
 
 
-def load_deal_columns(mirror: Mirror, config: RulesConfig,
-                      fields: Callable[[], FieldValues] | None = None) -> DealColumns:
-    """Every deal (deleted ones included) as ``rules`` columns, without Deal objects."""
+def load_deal_columns(mirror: Mirror, config: RulesConfig) -> DealColumns:
+    """Every deal (deleted ones included) as ``rules`` columns, without Deal objects.
+
+    In contact mode ``company_id`` is not read (-1): only company mode uses it.
+    """
+    custom, _ = _custom_sql(wanted_fields(config)[0])
+    fields: FieldValues = {name: {} for name in wanted_fields(config)[0]}
     types = (np.int64, np.int64, np.int64, np.int8, np.float64, None, None, np.int64, None,
              np.bool_)
     columns = {i: _Column(t) for i, t in enumerate(types) if t is not None}
@@ -250,22 +251,23 @@ def load_deal_columns(mirror: Mirror, config: RulesConfig,
     currencies, categories = _Column(np.int16), _Column(np.int32)
     odd: list[tuple[int, str]] = []
     seen = 0
-    cursor = mirror.db.execute(_DEAL_SQL)
+    cursor = mirror.db.execute(*_deal_sql(config, custom))
     while batch := cursor.fetchmany(_BATCH):
         values = list(zip(*batch, strict=True))
         for i, column in columns.items():
             column.add(values[i])
         currencies.add(currency.encode(values[5]))
         categories.add(category.encode(values[6]))
-        odd.extend((seen + i, t) for i, t in enumerate(values[8]) if t is not None)
+        if values[8].count(None) != len(batch):  # rare: only non-canonical timestamps
+            odd.extend((seen + i, t) for i, t in enumerate(values[8]) if t is not None)
+        _add_fields(fields, custom, values[0], values[10:])
         seen += len(batch)
     return DealColumns(
         id=columns[0].done(), contact_id=columns[1].done(), company_id=columns[2].done(),
         status=columns[3].done(), amount=columns[4].done(), currency=currencies.done(),
         currencies=currency.names(), category=categories.done(),
         categories=category.names(), moment=_moments(columns[7].done(), odd),
-        deleted=columns[9].done(),
-        fields=(fields or _fields_in_background(mirror, "deals", wanted_fields(config)[0]))(),
+        deleted=columns[9].done(), fields=fields,
     )
 
 
@@ -451,12 +453,11 @@ def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = N
     now = datetime.now(UTC)
     as_of = as_of or now
     kind = config.customer.kind
-    deal_fields = _fields_in_background(mirror, "deals", wanted_fields(config)[0])
     previous = load_previous_columns(mirror, kind)
     # The columns go straight into the call, unnamed here, so compute_columns holds the
     # only reference and can free them once its purchase history is built.
     result = compute_columns(load_record_columns(mirror, "contacts", config),
-                             load_deal_columns(mirror, config, deal_fields),
+                             load_deal_columns(mirror, config),
                              load_record_columns(mirror, "companies", config),
                              config, as_of, previous)
     if store:

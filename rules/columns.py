@@ -237,11 +237,10 @@ class Codes:
         return code
 
     def encode(self, values: Sequence[str | None]) -> list[int]:
-        """The code of every value (new strings get the next codes, in first-seen order)."""
+        """The code of every value; strings not seen before get the next codes."""
         lookup = self._lookup
-        for value in values:  # cheap: almost every value is already known
-            if value not in lookup:
-                self(value)
+        for value in set(values) - lookup.keys():  # set arithmetic runs in C
+            self(value)
         return list(map(lookup.__getitem__, values))
 
     def names(self) -> tuple[str, ...]:

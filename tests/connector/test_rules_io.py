@@ -238,7 +238,7 @@ RICH = RulesConfig.model_validate({
                                               ("contact", True)])
 def test_the_column_reader_matches_the_record_reader(kind: str, on_disk: bool,
                                                      tmp_path: Path) -> None:
-    # on disk, custom fields are read on a second connection in a thread
+    # a file-backed mirror as well as the in-memory one
     mirror = rich_shop(Mirror.open(tmp_path / "m.db") if on_disk else None)
     config = RICH.model_copy(update={"customer": CustomerConfig(kind=kind)})
     via_columns = run_rules(mirror, config, as_of=AS_OF, store=False)
