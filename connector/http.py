@@ -257,7 +257,8 @@ class Pacer:
         if is_batch:
             reported.pop(BATCH, None)
             self._charge_batch(sum(shares.values()) or total, sum(nested.values()), info)
-        elif _number(info.get("operating")) is not None and len(shares) == 1:
+        elif len(shares) == 1 and _number(info.get("operating")) is not None:
+            # a single call: the outer ``operating`` is that method's own total
             reported.setdefault(next(iter(shares)), _number(info.get("operating")) or 0.0)
         for method, cost in shares.items():
             self._charge(method, cost, max(methods.get(method, 1), 1), reported.get(method))
