@@ -322,34 +322,36 @@ def _entry(r: Sequence[Any]) -> LedgerEntry:
 class _StoredEarns:
     """Fetches stored earn entries by position, for the few the engine carries over."""
 
-    def __init__(self, mirror: Mirror, rowids: npt.NDArray[np.int64]) -> None:
+    def __init__(self, mirror: Mirror, customers: npt.NDArray[np.int64],
+                 deals: npt.NDArray[np.int64]) -> None:
         self.mirror = mirror
-        self.rowids = rowids
+        self.customers = customers
+        self.deals = deals
 
     def __call__(self, positions: npt.NDArray[np.int64]) -> list[LedgerEntry]:
-        wanted = self.rowids[positions].tolist()
-        found: dict[int, LedgerEntry] = {}
-        for lo in range(0, len(wanted), 500):
-            chunk = wanted[lo:lo + 500]
-            sql = (f"select rowid, {_LEDGER_COLUMNS} from points_ledger "
-                   f"where rowid in ({','.join('?' * len(chunk))})")
-            for row in self.mirror.db.execute(sql, chunk).fetchall():
-                found[row[0]] = _entry(row[1:])
-        return [found[r] for r in wanted]
+        # The primary key (customer_id, entry_key) finds each one; earn keys are
+        # "earn:deal:<id>" by construction in rules.loyalty.
+        sql = (f"select {_LEDGER_COLUMNS} from points_ledger where customer_id = ? "
+               "and entry_key = ?")
+        wanted = zip(self.customers[positions].tolist(), self.deals[positions].tolist(),
+                     strict=True)
+        return [_entry(self.mirror.db.execute(sql, [c, f"earn:deal:{d}"]).fetchone())
+                for c, d in wanted]
 
 
 def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:
     """The stored ledger of ``kind`` customers, earns as columns (fetched in full on demand)."""
-    sql = ("select rowid, customer_id, coalesce(deal_id, -1) from points_ledger "
-           "where customer_kind = ? and kind = 'earn' order by rowid")
+    sql = ("select customer_id, coalesce(deal_id, -1) from points_ledger "
+           "where customer_kind = ? and kind = 'earn'")
     cursor = mirror.db.execute(sql, [kind])
-    earns = np.fromiter(cursor, dtype=[("rowid", "i8"), ("customer", "i8"), ("deal", "i8")])
+    earns = np.fromiter(cursor, dtype=[("customer", "i8"), ("deal", "i8")])
     others = mirror.db.execute(
         f"select {_LEDGER_COLUMNS} from points_ledger where customer_kind = ? "
         "and kind in ('bonus', 'redeem', 'reversal') order by rowid", [kind]).fetchall()
-    return PreviousLedger(earn_customer=earns["customer"].copy(),
-                          earn_deal=earns["deal"].copy(),
-                          earn_entries=_StoredEarns(mirror, earns["rowid"].copy()),
+    customers, deals = earns["customer"].copy(), earns["deal"].copy()
+    del earns
+    return PreviousLedger(earn_customer=customers, earn_deal=deals,
+                          earn_entries=_StoredEarns(mirror, customers, deals),
                           others=[_entry(r) for r in others])
 
 

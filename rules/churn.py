@@ -22,6 +22,7 @@ from rules.points import condition_matches
 __all__ = [
     "ChurnSignals",
     "ModelFit",
+    "churn_reason_column",
     "churn_reasons",
     "churn_signals",
     "fit_models",
@@ -170,39 +171,75 @@ def churn_signals(history: PurchaseHistory, agg: Aggregates, cfg: ChurnConfig) -
                         feedback_text, ignored, ignored_text, score)
 
 
-def _reason_texts(s: ChurnSignals, row: int, cfg: ChurnConfig
-                  ) -> list[tuple[float, str, Callable[[], str]]]:
-    def overdue() -> str:
-        days, rhythm = int(s.since_last[row]), round(float(s.rhythm[row]))
-        if s.own_rhythm[row]:
-            return f"{days - rhythm} days overdue vs usual {rhythm}-day rhythm"
-        return f"{days} days since the only purchase day (expected within {rhythm})"
+def _overdue_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
+    days, rhythm = int(s.since_last[row]), round(float(s.rhythm[row]))
+    if s.own_rhythm[row]:
+        return f"{days - rhythm} days overdue vs usual {rhythm}-day rhythm"
+    return f"{days} days since the only purchase day (expected within {rhythm})"
 
+
+def _frequency_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
     window = cfg.frequency_window_days
-    return [
-        (cfg.weight_overdue * s.overdue[row], "overdue", overdue),
-        (cfg.weight_frequency * s.frequency[row], "frequency",
-         lambda: f"{s.recent_count[row]} purchases in last {window} days vs "
-                 f"{s.previous_count[row]} in the {window} before"),
-        (cfg.weight_check * s.check[row], "check",
-         lambda: f"average check fell {1 - s.recent_avg[row] / s.previous_avg[row]:.0%} "
-                 f"({s.recent_avg[row]:,.0f} vs {s.previous_avg[row]:,.0f})"),
-        (cfg.weight_feedback * s.feedback[row], "feedback",
-         lambda: s.feedback_text.get(row, "negative feedback")),
-        (cfg.weight_ignored * s.ignored[row], "ignored",
-         lambda: s.ignored_text.get(row, "communications ignored")),
-    ]
+    return (f"{s.recent_count[row]} purchases in last {window} days vs "
+            f"{s.previous_count[row]} in the {window} before")
+
+
+def _check_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
+    return (f"average check fell {1 - s.recent_avg[row] / s.previous_avg[row]:.0%} "
+            f"({s.recent_avg[row]:,.0f} vs {s.previous_avg[row]:,.0f})")
+
+
+def _feedback_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
+    return s.feedback_text.get(row, "negative feedback")
+
+
+def _ignored_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
+    return s.ignored_text.get(row, "communications ignored")
+
+
+# In signal order: equal contributions keep this order (both rankings below are stable).
+_TEXTS: tuple[Callable[[ChurnSignals, int, ChurnConfig], str], ...] = (
+    _overdue_text, _frequency_text, _check_text, _feedback_text, _ignored_text)
+
+
+def _contributions(s: ChurnSignals, rows: slice | int, cfg: ChurnConfig) -> list[Any]:
+    return [cfg.weight_overdue * s.overdue[rows], cfg.weight_frequency * s.frequency[rows],
+            cfg.weight_check * s.check[rows], cfg.weight_feedback * s.feedback[rows],
+            cfg.weight_ignored * s.ignored[rows]]
+
+
+def _with_model(texts: list[str], p_alive: float | None, cfg: ChurnConfig) -> tuple[str, ...]:
+    if p_alive is not None and p_alive < 0.5 and len(texts) < cfg.max_reasons:
+        texts.append(f"model: {p_alive:.0%} chance still active")
+    return tuple(texts)
 
 
 def churn_reasons(signals: ChurnSignals, row: int, cfg: ChurnConfig,
                   p_alive: float | None = None) -> tuple[str, ...]:
     """Up to ``max_reasons`` short texts, strongest contribution first."""
-    items = [(w, name, text) for w, name, text in _reason_texts(signals, row, cfg) if w > 0]
-    items.sort(key=lambda item: -item[0])
-    texts = [text() for _, _, text in items[: cfg.max_reasons]]
-    if p_alive is not None and p_alive < 0.5 and len(texts) < cfg.max_reasons:
-        texts.append(f"model: {p_alive:.0%} chance still active")
-    return tuple(texts)
+    weights = _contributions(signals, row, cfg)
+    ranked = sorted((i for i in range(len(_TEXTS)) if weights[i] > 0),
+                    key=lambda i: -weights[i])
+    texts = [_TEXTS[i](signals, row, cfg) for i in ranked[: cfg.max_reasons]]
+    return _with_model(texts, p_alive, cfg)
+
+
+def churn_reason_column(signals: ChurnSignals, lo: int, hi: int, cfg: ChurnConfig,
+                        buyer: list[bool], p_alive: list[float | None]
+                        ) -> list[tuple[str, ...]]:
+    """``churn_reasons`` of rows lo:hi (``()`` for non-buyers), ranked with numpy."""
+    weights = np.stack(_contributions(signals, slice(lo, hi), cfg), axis=1)
+    order = np.argsort(-weights, axis=1, kind="stable")[:, : cfg.max_reasons]
+    positive = np.take_along_axis(weights, order, axis=1) > 0
+    out: list[tuple[str, ...]] = []
+    for k, (picks, keep) in enumerate(zip(order.tolist(), positive.tolist(), strict=True)):
+        if not buyer[k]:
+            out.append(())
+            continue
+        texts = [_TEXTS[i](signals, lo + k, cfg) for i, ok in zip(picks, keep, strict=True)
+                 if ok]
+        out.append(_with_model(texts, p_alive[k], cfg))
+    return out
 
 
 def _not_fitted(n: int, note: str) -> ModelFit:

@@ -106,7 +106,7 @@ def test_large_bases_are_fitted_on_a_stable_sample_but_predicted_for_all(
     seen = install(monkeypatch)
     fitted: dict[str, int] = {}
     gamma = sys.modules["rules.gammagamma"]
-    spend_fit = gamma.fit  # type: ignore[attr-defined]
+    spend_fit = gamma.fit
 
     def counting_fit(frequency: Any, monetary: Any) -> Any:
         fitted["gamma"] = len(frequency)
@@ -136,3 +136,14 @@ def test_fit_sample_is_a_stable_subset_chosen_by_id() -> None:
         ids[picked].tolist())
     assert fit_sample(ids, 0).tolist() == list(range(1000))
     assert fit_sample(ids[:10], 100).tolist() == list(range(10))
+
+
+def test_bulk_columns_of_states_match_the_rows_with_a_model(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    install(monkeypatch)
+    states = base().states
+    columns = states.columns(0, len(states))  # type: ignore[attr-defined]
+    assert columns["churn_reasons"] == [s.churn_reasons for s in states]
+    assert columns["model_used"] == [s.model_used for s in states]
+    assert columns["p_alive"] == [s.p_alive for s in states]
+    assert ("model: 20% chance still active",) in columns["churn_reasons"]
