@@ -138,6 +138,40 @@ def check(ctx: click.Context) -> None:
         ctx.exit(1)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report data as JSON.")
+@click.option("--html", "html_path", metavar="FILE", default=None,
+              help="Also write a self-contained HTML page with charts.")
+@click.option("--as-of", "as_of", metavar="YYYY-MM-DD", default=None,
+              help="Compute as at the end of this day (default: now).")
+@click.option("--top", default=20, show_default=True, help="At-risk customers to list.")
+@click.pass_context
+def report(ctx: click.Context, as_json: bool, html_path: str | None, as_of: str | None,
+           top: int) -> None:
+    """Recompute segments, loyalty, churn risk and metrics from the mirror; show them.
+
+    Example: retention report --html report.html
+    """
+    from connector.reporting import build_report
+
+    config = _load(ctx)
+    if not Path(config.mirror.path).exists():
+        raise click.ClickException(f"no mirror at {config.mirror.path}: run `retention sync`")
+    mirror = Mirror.open(config.mirror.path)
+    data = build_report(mirror, config.rules, as_of=as_of, top=top)
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+    else:
+        from connector.report import render_terminal
+
+        render_terminal(data, Console())
+    if html_path:
+        from connector.report import render_html
+
+        Path(html_path).write_text(render_html(data), encoding="utf-8")
+        click.echo(f"HTML report written to {html_path}", err=True)
+
+
 @cli.group()
 def emulator() -> None:
     """Run a local CRM emulator (for demos, benchmarks and other clients)."""
@@ -170,7 +204,9 @@ def emulator_bitrix24(host: str, port: int, contacts: int, deals: int, seed: int
 @click.option("--seed", default=7, show_default=True, type=int)
 @click.option("--mirror", "mirror_path", default="demo.db", show_default=True,
               help="Where to write the demo mirror (recreated each run).")
-def demo(contacts: int, deals: int, seed: int, mirror_path: str) -> None:
+@click.option("--html", "html_path", default="demo-report.html", show_default=True,
+              help="Where to write the demo's HTML report.")
+def demo(contacts: int, deals: int, seed: int, mirror_path: str, html_path: str) -> None:
     """Run the whole cycle against an in-process emulator: no CRM account needed.
 
     Example: retention demo --deals 20000
@@ -178,7 +214,7 @@ def demo(contacts: int, deals: int, seed: int, mirror_path: str) -> None:
     from connector.demo import run_demo
 
     run_demo(contacts=contacts, deals=deals, seed=seed, mirror_path=Path(mirror_path),
-             console=Console())
+             console=Console(), html_path=Path(html_path))
 
 
 # -- output helpers ------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from adapters.bitrix24.emulator import (
 from connector.config import Config, parse_config
 from connector.mirror import Mirror
 from connector.pipeline import SyncSummary, build_bitrix24_client, run_sync
+from connector.report import render_html, render_terminal
+from connector.reporting import build_report
 
 __all__ = ["DEMO_TIME_SCALE", "demo_config", "run_demo", "serve_bitrix24_emulator"]
 
@@ -41,9 +43,10 @@ def demo_config(webhook_url: str, mirror_path: Path) -> Config:
 
 
 def run_demo(
-    *, contacts: int, deals: int, seed: int, mirror_path: Path, console: Console
+    *, contacts: int, deals: int, seed: int, mirror_path: Path, console: Console,
+    html_path: Path | None = None,
 ) -> SyncSummary:
-    """Generate a portal, sync it, change it, sync again; print what happened."""
+    """Generate a portal, sync it, change it, sync again, run the rules; print the report."""
     console.print(f"[bold]Emulated Bitrix24 portal[/]: {contacts:,} contacts, {deals:,} deals "
                   f"(seed {seed}, limits on, clock x{1 / DEMO_TIME_SCALE:.0f})")
     portal = Portal.generate(DataConfig(seed=seed, contacts=contacts, deals=deals))
@@ -58,8 +61,15 @@ def run_demo(
     _change_portal(portal)
     second = run_sync(config, mirror, client)
     _print(console, "2. incremental sync after 3 edits, 1 new deal, 2 deletions", second)
+    console.print("[bold]3. rules[/]: segments, loyalty ledger, churn risk, metrics")
+    data = build_report(mirror, config.rules)
+    render_terminal(data, console)
+    if html_path is not None:
+        html_path.write_text(render_html(data), encoding="utf-8")
+        console.print(f"HTML report with charts: [bold]{html_path}[/] (opens offline)")
     console.print(f"Mirror written to [bold]{mirror_path}[/] "
-                  "(try: sqlite3 demo.db 'select status, count(*) from deals group by 1')")
+                  "(try: sqlite3 demo.db 'select lifecycle, count(*) from customer_state "
+                  "group by 1')")
     return second
 
 

@@ -87,8 +87,7 @@ def _contacts(rng: np.random.Generator, config: DataConfig, created: np.ndarray,
     dirty = rng.random(n) < config.dirty_rate / 2
     rows = []
     for i in range(n):
-        first, middle, last = (FIRST[rng.integers(len(FIRST))], MIDDLE[rng.integers(len(MIDDLE))],
-                               LAST[rng.integers(len(LAST))])
+        first, middle, last = _name(rng)
         row: dict[str, Any] = {
             "ID": str(i + 1), "NAME": first, "SECOND_NAME": middle, "LAST_NAME": last,
             "BIRTHDATE": "31.02.1990" if dirty[i] else _midnight(birthdays[i], portal),
@@ -106,6 +105,15 @@ def _contacts(rng: np.random.Generator, config: DataConfig, created: np.ndarray,
                      f"client{i + 1}@example.ru" if has_email[i] else None)
         rows.append(row)
     return rows
+
+
+def _name(rng: np.random.Generator) -> tuple[str, str, str]:
+    # The lists put female forms first; keep a person's three names of one gender.
+    female = rng.random() < 0.55
+    first = FIRST[int(rng.integers(0, 8))] if female else FIRST[int(rng.integers(8, 16))]
+    middle = MIDDLE[int(rng.integers(0, 4))] if female else MIDDLE[int(rng.integers(4, 8))]
+    last = LAST[int(rng.integers(0, 5))] if female else LAST[int(rng.integers(5, 14))]
+    return first, middle, last
 
 
 def _multifields(row: dict[str, Any], index: int, phone: str | None, email: str | None) -> None:
