@@ -48,7 +48,7 @@ from adapters.bitrix24.emulator import (  # noqa: E402
 
 ROWS_PER_BATCH = 2_500
 
-OURS = """
+PEAK_MB = """
 def peak_mb():
     # VmHWM belongs to this process's own address space (ru_maxrss would also count the
     # parent's pages copied at fork time).
@@ -56,7 +56,9 @@ def peak_mb():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+"""
 
+OURS = PEAK_MB + """
 import json, sys, time
 from connector.config import parse_config
 from connector.mirror import Mirror
@@ -74,15 +76,7 @@ print(json.dumps({"rows": totals["fetched"], "seconds": elapsed, "ok": summary.o
                   "error": "; ".join(r.error or "" for r in summary.reports if r.error)}))
 """
 
-FAST_BITRIX24 = """
-def peak_mb():
-    # VmHWM belongs to this process's own address space (ru_maxrss would also count the
-    # parent's pages copied at fork time).
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
+FAST_BITRIX24 = PEAK_MB + """
 import json, sys, time, inspect
 from fast_bitrix24 import Bitrix
 url, scale = sys.argv[1], float(sys.argv[2])
@@ -105,15 +99,7 @@ print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0, "ok": not e
                   "error": error, "peak_mb": peak_mb()}))
 """
 
-B24PYSDK = """
-def peak_mb():
-    # VmHWM belongs to this process's own address space (ru_maxrss would also count the
-    # parent's pages copied at fork time).
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
+B24PYSDK = PEAK_MB + """
 import importlib, json, sys, time
 from urllib.parse import urlsplit
 from b24pysdk import BitrixWebhook, Client
