@@ -221,13 +221,19 @@ def simulate_bgnbd(n: int, seed: int) -> tuple[FloatArray, FloatArray, FloatArra
     return frequency, recency, age
 
 
+def _params(model: Any) -> str:
+    """r, alpha, a, b of either library's fitted model."""
+    values = model.params_ if hasattr(model, "params_") else vars(model)
+    return " ".join(f"{k}={float(values[k]):.4g}" for k in ("r", "alpha", "a", "b"))
+
+
 def _time_fit(fit: Any, data: tuple[FloatArray, FloatArray, FloatArray]) -> tuple[float, str]:
     best, params = float("inf"), ""
     for _ in range(3):  # best of three: the first call also pays imports and warm-up
         started = time.perf_counter()
         model = fit(*data)
         best = min(best, time.perf_counter() - started)
-        params = str(getattr(model, "params_", getattr(model, "params", "")))
+        params = _params(model)
     return best, params
 
 
@@ -266,8 +272,23 @@ def mirror_path(customers: int, deals: int, seed: int) -> Path:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (Linux reports KiB)."""
+    """``ru_maxrss`` of this process in MiB (Linux reports KiB).
+
+    Linux carries ru_maxrss over an exec, so a child started by a big parent reports at
+    least the parent's peak; ``hwm_mb`` does not have that flaw.
+    """
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def hwm_mb() -> float | None:
+    """VmHWM — the peak RSS of this process image — in MiB, where /proc has it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def recompute(path: Path, fresh: bool) -> dict[str, Any]:
@@ -286,7 +307,9 @@ def recompute(path: Path, fresh: bool) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     ledger = mirror.db.execute("select count(*) from points_ledger").fetchone()[0]
     mirror.close()
+    hwm = hwm_mb()
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss_mb()),
+            "vm_hwm_mb": round(hwm) if hwm is not None else None,
             "rss_before_mb": round(rss_before), "states": len(result.states),
             "ledger_rows": ledger, "crr_percent": result.metrics.crr_percent,
             "notes": list(result.notes)}
@@ -320,8 +343,9 @@ def bench_recompute(customers: int, deals: int, seed: int) -> None:
     for label, flag in (("first run (empty ledger)", "--fresh"),
                         ("recompute (previous ledger stored)", "--again")):
         figures = run_child(["--child", str(path), flag])
-        print(f"{label}: {figures['seconds']} s, peak RSS {figures['peak_rss_mb']} MiB "
-              f"({figures['rss_before_mb']} MiB before reading); {figures['states']:,} "
+        print(f"{label}: {figures['seconds']} s, peak RSS {figures['vm_hwm_mb']} MiB "
+              f"(VmHWM; ru_maxrss {figures['peak_rss_mb']} MiB, "
+              f"{figures['rss_before_mb']} MiB before reading); {figures['states']:,} "
               f"states, {figures['ledger_rows']:,} ledger rows")
         print(f"  notes: {figures['notes']}")
 
