@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize
-from scipy.special import betaln, gammaln, hyp2f1
+from scipy.special import betaln, digamma, gammaln, hyp2f1
 
 __all__ = [
     "MIN_CUSTOMERS",
@@ -125,15 +125,38 @@ def fit(frequency: Any, recency: Any, T: Any) -> BgNbdModel:
     if not np.any(x > 0):
         raise InsufficientDataError("no repeat purchases: the dropout process cannot be fitted")
 
-    def objective(log_params: FloatArray) -> float:
-        value = -_loglik_terms(np.exp(log_params), x, t_x, age).sum()
-        return float(value) if np.isfinite(value) else 1e300
-
     start = np.log([0.5, max(float(np.mean(age)), 1e-3), 1.0, 1.0])
-    best = minimize(objective, start, method="Nelder-Mead",
-                    options={"xatol": 1e-8, "fatol": 1e-9, "maxiter": 4000})
-    polished = minimize(objective, best.x, method="L-BFGS-B")
-    result = polished if polished.fun <= best.fun else best
+    result = minimize(_negative_ll_and_gradient, start, args=(x, t_x, age), jac=True,
+                      method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-7})
+    if not result.success or not np.isfinite(result.fun):
+        # The analytic gradient path failed (extreme data): fall back to a derivative-free
+        # search, slower but robust.
+        result = minimize(lambda p: _negative_ll_and_gradient(p, x, t_x, age)[0], result.x,
+                          method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-9,
+                                                         "maxiter": 4000})
     r, alpha, a, b = (float(v) for v in np.exp(result.x))
-    converged = bool(best.success or polished.success)
-    return BgNbdModel(r, alpha, a, b, -float(result.fun), len(x), converged)
+    return BgNbdModel(r, alpha, a, b, -float(result.fun), len(x), bool(result.success))
+
+
+def _negative_ll_and_gradient(log_params: FloatArray, x: FloatArray, t_x: FloatArray,
+                              age: FloatArray) -> tuple[float, FloatArray]:
+    """−LL and its gradient in log-parameters (analytic, so L-BFGS-B needs few calls)."""
+    r, alpha, a, b = np.exp(log_params)
+    terms = _loglik_terms(np.array([r, alpha, a, b]), x, t_x, age)
+    value = -float(terms.sum())
+    if not np.isfinite(value):
+        return 1e300, np.zeros(4)
+    rep = x > 0
+    a3 = -(r + x) * np.log(alpha + age)
+    a4 = np.full_like(x, -np.inf)
+    a4[rep] = np.log(a) - np.log(b + x[rep] - 1) - (r + x[rep]) * np.log(alpha + t_x[rep])
+    total = np.logaddexp(a3, a4)
+    w3, w4 = np.exp(a3 - total), np.exp(a4 - total)  # shares of the two likelihood branches
+    log_t = np.log(alpha + np.where(rep, t_x, age))
+    b_x1 = np.where(rep, b + x - 1, 1.0)
+    d_r = digamma(r + x) - digamma(r) + np.log(alpha) - w3 * np.log(alpha + age) - w4 * log_t
+    d_alpha = r / alpha - w3 * (r + x) / (alpha + age) - w4 * (r + x) / np.exp(log_t)
+    d_a = digamma(a + b) - digamma(a + b + x) + w4 / a
+    d_b = digamma(b + x) - digamma(a + b + x) - digamma(b) + digamma(a + b) - w4 / b_x1
+    grad = np.array([d_r.sum() * r, d_alpha.sum() * alpha, d_a.sum() * a, d_b.sum() * b])
+    return value, -grad
