@@ -62,7 +62,7 @@ class RetentionGroup(click.Group):
               default="WARNING", show_default=True, help="Logging verbosity (stderr).")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, log_level: str) -> None:
-    """Keep your Bitrix24 / amoCRM customers: pull, mirror, score, push.
+    """Keep your Bitrix24 customers: pull into a local mirror, score, report.
 
     Example: retention --config retention.toml sync
     """
