@@ -341,16 +341,17 @@ class _StoredEarns:
 
 def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:
     """The stored ledger of ``kind`` customers, earns as columns (fetched in full on demand)."""
-    sql = ("select customer_id, coalesce(deal_id, -1) from points_ledger "
+    sql = ("select customer_id, coalesce(deal_id, -1), points from points_ledger "
            "where customer_kind = ? and kind = 'earn'")
     cursor = mirror.db.execute(sql, [kind])
-    earns = np.fromiter(cursor, dtype=[("customer", "i8"), ("deal", "i8")])
+    earns = np.fromiter(cursor, dtype=[("customer", "i8"), ("deal", "i8"), ("points", "i8")])
     others = mirror.db.execute(
         f"select {_LEDGER_COLUMNS} from points_ledger where customer_kind = ? "
-        "and kind in ('bonus', 'redeem', 'reversal') order by rowid", [kind]).fetchall()
+        "and kind in ('bonus', 'redeem', 'reversal')", [kind]).fetchall()
     customers, deals = earns["customer"].copy(), earns["deal"].copy()
+    points = earns["points"].copy()
     del earns
-    return PreviousLedger(earn_customer=customers, earn_deal=deals,
+    return PreviousLedger(earn_customer=customers, earn_deal=deals, earn_points=points,
                           earn_entries=_StoredEarns(mirror, customers, deals),
                           others=[_entry(r) for r in others])
 

@@ -203,6 +203,7 @@ class PreviousLedger:
 
     earn_customer: IntArray
     earn_deal: IntArray  # -1 = none
+    earn_points: IntArray  # what each earn credited: a changed figure is a re-pricing
     earn_entries: Callable[[IntArray], Sequence[LedgerEntry]]  # entries at these positions
     others: Sequence[LedgerEntry]  # bonus, redeem and reversal entries
 
@@ -216,6 +217,7 @@ class PreviousLedger:
             earn_customer=np.array([e.customer_id for e in earns], dtype=np.int64),
             earn_deal=np.array([-1 if e.deal_id is None else e.deal_id for e in earns],
                                dtype=np.int64),
+            earn_points=np.array([e.points for e in earns], dtype=np.int64),
             earn_entries=lambda positions: [earns[i] for i in positions.tolist()],
             others=[e for e in entries if e.kind in ("bonus", "redeem", "reversal")],
         )

@@ -59,6 +59,7 @@ __all__ = [
     "build_ledger",
     "condition_matches",
     "earn_points",
+    "pair_positions",
     "tier_index",
 ]
 
@@ -203,20 +204,23 @@ class _LedgerBuilder:
                     self.prev_at[entry.entry_key] = entry.at
         return others, reversals
 
-    def vanished_earns(self) -> list[LedgerEntry]:
-        """Previous earns whose (customer, deal) is no longer a counted purchase."""
+    def vanished_earns(self, earns: _Earns) -> list[LedgerEntry]:
+        """Previous earns whose (customer, deal) is no longer a counted purchase.
+
+        An earn whose purchase still counts is re-derived; when its points differ from
+        what was credited before (the amount, the birthday or the tier in force at the
+        purchase changed) the run says how many were re-priced, so it is never silent.
+        """
         prev = self.previous
         if len(prev.earn_customer) == 0:
             return []
         prev_rows = self.h.customers.rows_of(prev.earn_customer)
-        wanted = (prev_rows << 32) | prev.earn_deal
-        # sort + searchsorted: np.isin would sort (or hash) both sides
-        current = np.sort((self.h.cust << 32) | self.h.deal_id)
-        if len(current):
-            pos = np.minimum(np.searchsorted(current, wanted), len(current) - 1)
-            still = (current[pos] == wanted) & (prev_rows >= 0)
-        else:
-            still = np.zeros(len(wanted), dtype=np.bool_)
+        at = pair_positions(self.h.cust, self.h.deal_id, prev_rows, prev.earn_deal)
+        still = (at >= 0) & (prev_rows >= 0)
+        repriced = int(np.count_nonzero(earns.points[at[still]] != prev.earn_points[still]))
+        if repriced:
+            self.notes.append(f"{repriced} earns re-priced: their amount, the birthday or the "
+                              f"tier in force at the purchase changed since the last run")
         return list(prev.earn_entries(np.flatnonzero(~still)))
 
     def carried_events(self, vanished: list[LedgerEntry],
@@ -262,6 +266,34 @@ class _LedgerBuilder:
         state.expire_until(self.h.as_of_day)
         self.clamped += state.clamped
         return state.out
+
+
+def pair_positions(rows: IntArray, deals: IntArray, want_rows: IntArray,
+                   want_deals: IntArray) -> IntArray:
+    """Index of each wanted (row, deal) pair among the unique pairs (rows, deals), else -1."""
+    if len(rows) == 0:
+        return np.full(len(want_rows), -1, dtype=np.int64)
+    keys, wanted = _pair_codes(rows, deals, want_rows, want_deals)
+    # sort + searchsorted: np.isin would sort (or hash) both sides and lose the index
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    pos = np.minimum(np.searchsorted(ranked, wanted), len(ranked) - 1)
+    return np.where(ranked[pos] == wanted, order[pos], -1).astype(np.int64)
+
+
+def _pair_codes(rows: IntArray, deals: IntArray, want_rows: IntArray, want_deals: IntArray
+                ) -> tuple[IntArray, IntArray]:
+    """One int64 per (row, deal) pair, equal exactly when both parts are equal."""
+    all_deals = np.concatenate((deals, want_deals))
+    low = int(all_deals.min())
+    span = int(all_deals.max()) - low + 1
+    height = int(max(rows.max(initial=-1), want_rows.max(initial=-1))) + 2  # rows >= -1
+    if span * height < 2**62:  # packing is exact: no two pairs share a code
+        return (rows + 1) * span + (deals - low), (want_rows + 1) * span + (want_deals - low)
+    # Ids too far apart to pack (never seen in a CRM, but never wrong either).
+    pairs = np.stack((np.concatenate((rows, want_rows)), all_deals), axis=1)
+    codes = np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return codes[: len(rows)], codes[len(rows):]
 
 
 @dataclass
@@ -312,7 +344,7 @@ def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
         events.extend(b.bonus_entries(rule, earns))
     redeems = b.redemption_requests()
     derived = {(int(b.ids[row]), ev.key) for row, ev in [*events, *redeems]}
-    vanished = b.vanished_earns() + [
+    vanished = b.vanished_earns(earns) + [
         e for e in prev_others if (e.customer_id, e.entry_key) not in derived]
     carried = b.carried_events(vanished, prev_reversals)
     walk_rows = {row for row, _ in redeems} | {row for row, _ in carried}

@@ -211,3 +211,29 @@ def test_balance_is_the_sum_of_entries() -> None:
         assert isinstance(entry, LedgerEntry)
         sums[entry.customer_id] = sums.get(entry.customer_id, 0) + entry.points
     assert {s.customer_id: s.points_balance for s in result.states} == sums
+
+
+def test_deal_ids_beyond_32_bits_never_collide_with_small_ones() -> None:
+    big = 2**32 + 5  # (row << 32) | deal packing would confuse it with deal 5 of row 1
+    deals = [won(big, 1, ago(50)), won(5, 2, ago(40))]
+    contacts = [Contact(id=1), Contact(id=2)]
+    first = run(deals, contacts)
+    second = run([replace(deals[0], status="lost"), deals[1]], contacts,
+                 previous=list(first.ledger))
+    assert points(second) == [(f"earn:deal:{big}", 30), (f"reversal:earn:deal:{big}", -30),
+                              ("earn:deal:5", 30)]
+    assert [s.points_balance for s in second.states] == [0, 30]
+
+
+def test_an_earn_re_priced_by_an_earlier_reversal_is_noted() -> None:
+    deals = [won(i, 1, ago(300 - i)) for i in range(1, 13)]
+    first = run(deals)
+    assert points(first)[-1] == ("earn:deal:12", 50)  # 11 earlier purchases: Silver
+    second = run([replace(deals[0], status="lost"), *deals[1:]], previous=list(first.ledger))
+    # deal 12 is now the 11th purchase: Bronze again; the ledger says so in a note
+    assert dict(points(second))["earn:deal:12"] == 30
+    assert dict(points(second))["reversal:earn:deal:1"] == -30
+    assert any(n.startswith("1 earns re-priced") for n in second.notes)
+    unchanged = run([replace(deals[0], status="lost"), *deals[1:]],
+                    previous=list(second.ledger))
+    assert not any("re-priced" in n for n in unchanged.notes)
