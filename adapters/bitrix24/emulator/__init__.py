@@ -5,7 +5,8 @@ numbers, PHP parameter parsing and JSON quirks, select/filter/order, 50-row page
 ``start=-1``, ``batch`` with ``$result`` references, the leaky bucket (503), the
 per-method time budget (429) with published server costs, faults — over seeded
 customers whose buying is realistic. Tests use it in-process, ``retention demo`` uses
-it, and benchmarks point other clients at it over loopback.
+it, and benchmarks point other clients at it over loopback. Where the facts sheet
+leaves a behaviour open, :class:`Strictness` holds the (strict by default) choice.
 """
 
 from adapters.bitrix24.emulator.app import BitrixEmulator, EmulatorStats, Reply
@@ -14,6 +15,7 @@ from adapters.bitrix24.emulator.generator import DataConfig
 from adapters.bitrix24.emulator.limits import EmulatorLimits
 from adapters.bitrix24.emulator.server import LoopbackServer, run_forever, serve
 from adapters.bitrix24.emulator.store import Portal
+from adapters.bitrix24.emulator.strictness import Strictness
 
 __all__ = [
     "BitrixEmulator",
@@ -24,6 +26,7 @@ __all__ = [
     "LoopbackServer",
     "Portal",
     "Reply",
+    "Strictness",
     "run_forever",
     "serve",
 ]

@@ -1,15 +1,15 @@
-"""The emulated Bitrix24 REST endpoint: routing, auth, envelopes, batch, limits, faults.
+"""The emulated Bitrix24 REST endpoint: routing, auth, envelopes, limits, faults.
 
 :meth:`BitrixEmulator.dispatch` turns one HTTP request into one :class:`Reply`; the
 in-process :meth:`~BitrixEmulator.transport` and the loopback server both use it.
 Every duration comes from the cost model in ``limits.py``; the emulator *sleeps* it
-(scaled), so a client sees the latency it would see on a real portal.
+(scaled), so a client sees the latency it would see on a real portal. ``batch`` lives
+in ``batch.py``, request bodies and the httpx transport in ``wire.py``.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import threading
 import time
@@ -18,10 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 import httpx
 
+from adapters.bitrix24.emulator.batch import run_batch
 from adapters.bitrix24.emulator.faults import FaultConfig, FaultInjector
 from adapters.bitrix24.emulator.limits import EmulatorLimits, LeakyBucket, OperatingBudget
 from adapters.bitrix24.emulator.methods import (
@@ -30,18 +30,25 @@ from adapters.bitrix24.emulator.methods import (
     ApiError,
     Context,
     Outcome,
+    ServerTimeout,
+    method_name,
     required_scope,
+    top_level,
 )
-from adapters.bitrix24.emulator.php import parse_php_pairs, parse_php_query, php_value
+from adapters.bitrix24.emulator.php import php_value
 from adapters.bitrix24.emulator.query import BadRequest
 from adapters.bitrix24.emulator.store import Portal
+from adapters.bitrix24.emulator.strictness import Strictness
+from adapters.bitrix24.emulator.wire import Transport, is_loopback, parse_body
 
 __all__ = ["BitrixEmulator", "EmulatorStats", "Reply"]
 
-MAX_BATCH = 50
-_RESULT_REF = re.compile(r"\$result\[([^\]]*)\]((?:\[[^\]]*\])*)")
 HTML_ERROR = ("<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad "
               "Gateway</h1></center><hr><center>nginx</center></body></html>")
+# What the cloud's proxy answers when a request runs past the hard timeout.
+HTML_TIMEOUT = ("<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 "
+                "Gateway Time-out</h1></center><hr><center>nginx</center></body></html>")
+_HTML = "text/html; charset=utf-8"
 
 
 @dataclass
@@ -77,6 +84,7 @@ class BitrixEmulator:
         *,
         limits: EmulatorLimits | None = None,
         faults: FaultConfig | None = None,
+        strictness: Strictness | None = None,
         user_id: int = 1,
         secret: str | None = None,
         scopes: tuple[str, ...] = ("crm", "task", "bizproc", "user"),
@@ -87,6 +95,7 @@ class BitrixEmulator:
         self.limits = limits or EmulatorLimits()
         self.real = self.limits.scaled()
         self.faults = FaultInjector(faults or FaultConfig())
+        self.strict = strictness or Strictness()
         self.user_id, self.secret = user_id, secret or secrets.token_hex(8)
         self.scopes, self.clock, self.sleep = scopes, clock, sleep
         self.stats = EmulatorStats()
@@ -106,42 +115,48 @@ class BitrixEmulator:
 
     def transport(self, require_https: bool = True) -> httpx.BaseTransport:
         """An in-process httpx transport answering like the portal."""
-        return _Transport(self, require_https)
+        return Transport(self, require_https)
 
     # -- dispatch -------------------------------------------------------------------------
     def dispatch(self, scheme: str, path: str, query: str, content_type: str, body: bytes,
-                 *, require_https: bool = True) -> Reply:
-        """Answer one HTTP request."""
+                 *, require_https: bool = True, host: str = "") -> Reply:
+        """Answer one HTTP request.
+
+        ``require_https`` refuses plain ``http`` the way the cloud does, except for a
+        loopback ``host`` (the only place a client may use it, and where the loopback
+        server cannot offer TLS).
+        """
         with self._lock:
             self.stats.requests += 1
             fault = self.faults.draw()
         if fault is not None:
             return self._fault(fault)
         try:
-            reply = self._serve(scheme, path, query, content_type, body, require_https)
+            if require_https and scheme != "https" and not is_loopback(host):
+                raise ApiError(400, "INVALID_REQUEST", "Https required.")
+            reply = self._serve(path, query, content_type, body)
         except ApiError as exc:
             reply = _error(exc.status, exc.code, exc.description)
         except BadRequest as exc:
             reply = _error(400, "", str(exc))
-        except _Timeout:
-            raise
+        except ServerTimeout:
+            reply = Reply(504, HTML_TIMEOUT.encode(), _HTML)
         except Exception:  # a handler bug must not kill the server thread or the client
             reply = _error(500, "INTERNAL_SERVER_ERROR", "Internal server error")
         self._count(reply.status)
         return reply
 
-    def _serve(self, scheme: str, path: str, query: str, content_type: str, body: bytes,
-               require_https: bool) -> Reply:
-        if require_https and scheme != "https":
-            raise ApiError(400, "INVALID_REQUEST", "Https required.")
-        params = _parse_body(query, content_type, body)
-        method, credential = self._route(path, params)
+    def _serve(self, path: str, query: str, content_type: str, body: bytes) -> Reply:
+        # The bucket counts every request that reaches the portal (§5.1: per portal and
+        # source IP), so a client retrying a bad credential drains it like any other.
         with self._lock:
             admitted = not self.real.enabled or self.bucket.admit(self.clock())
         if not admitted:
             raise ApiError(503, "QUERY_LIMIT_EXCEEDED", "Too many requests")
+        params = parse_body(query, content_type, body)
+        method, credential = self._route(path, params)
         if method == "batch":
-            return self._batch(credential, params)
+            return Reply(200, run_batch(self, credential, params))
         return self._single(credential, method, params)
 
     def _route(self, path: str, params: Mapping[str, Any]) -> tuple[str, str]:
@@ -151,17 +166,10 @@ class BitrixEmulator:
         if len(parts) == 4 and parts[1].isdigit():
             if int(parts[1]) != self.user_id or parts[2] != self.secret:
                 raise ApiError(401, "NO_AUTH_FOUND", "Wrong authorization data")
-            return self._method_name(parts[3]), f"webhook:{parts[1]}"
+            return method_name(parts[3]), f"webhook:{parts[1]}"
         if len(parts) == 2:
-            return self._method_name(parts[1]), self._token_credential(params)
+            return method_name(parts[1]), self._token_credential(params)
         raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
-
-    @staticmethod
-    def _method_name(raw: str) -> str:
-        name = raw.lower()
-        if name.endswith(".xml"):
-            raise ApiError(400, "INVALID_REQUEST", "XML output is not supported here")
-        return name.removesuffix(".json")
 
     def _token_credential(self, params: Mapping[str, Any]) -> str:
         token = str(params.get("auth") or "")
@@ -175,10 +183,12 @@ class BitrixEmulator:
     # -- single calls ---------------------------------------------------------------------
     def _single(self, credential: str, method: str, params: Mapping[str, Any]) -> Reply:
         started = self.clock()
-        self._check_allowed(credential, method)
-        outcome = self._run(method, params)
-        self._spend(outcome.cost, started)
-        timing = self._charge(credential, method, outcome.cost, started)
+        self.check_allowed(credential, method)
+        outcome = self.run(method, params)
+        timed_out = self.spend(outcome.cost, started)
+        timing = self.charge(credential, method, outcome.cost, started)
+        if timed_out:
+            raise ServerTimeout()
         envelope: dict[str, Any] = {"result": php_value(outcome.result)}
         if outcome.total is not None:
             envelope["total"] = outcome.total
@@ -187,8 +197,9 @@ class BitrixEmulator:
         envelope["time"] = timing
         return Reply(200, _json(envelope))
 
-    def _check_allowed(self, credential: str, method: str) -> None:
-        if method not in HANDLERS and method not in APP_ONLY:
+    def check_allowed(self, credential: str, method: str, *, budget: bool = True) -> None:
+        """Refuse an unknown, app-only, out-of-scope or (with ``budget``) blocked method."""
+        if method not in HANDLERS and method not in APP_ONLY and method != "batch":
             raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
         if method in APP_ONLY and credential.startswith("webhook:"):
             raise ApiError(400, "ACCESS_DENIED", "Access denied! Application context required")
@@ -197,37 +208,44 @@ class BitrixEmulator:
             raise ApiError(403, "insufficient_scope",
                            "The request requires higher privileges than provided by the "
                            "webhook token")
-        if self.real.enabled:
+        if budget and self.real.enabled:
+            # Checked before the call; the call that crosses the budget still completes.
             with self._lock:
-                blocked = self.budget.blocked(f"{credential}:{method}", self.clock())
+                blocked = self.budget.blocked(self._budget_key(credential, method),
+                                              self.clock())
             if blocked:
                 raise ApiError(429, "OPERATION_TIME_LIMIT",
                                "Method is blocked due to operation time limit.")
 
-    def _run(self, method: str, params: Mapping[str, Any]) -> Outcome:
+    def run(self, method: str, params: Mapping[str, Any]) -> Outcome:
+        """Run a method's handler on the parameters as that method reads them."""
         handler = HANDLERS.get(method)
         if handler is None:  # app-only methods that passed the auth check
             raise ApiError(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")
-        ctx = Context(self.portal, self.real, self.user_id, self.scopes)
-        return handler(ctx, params)
+        ctx = Context(self.portal, self.real, self.strict, self.user_id, self.scopes)
+        return handler(ctx, top_level(method, params, self.strict))
 
-    def _spend(self, cost: float, started: float) -> None:
-        # Act out the server time (minus what real processing already took), and cut the
-        # request off like the cloud does when it runs past the hard timeout.
-        if not self.real.enabled:
-            return
-        total = cost + self.real.latency_s
-        if total > self.real.request_timeout_s:
+    def spend(self, cost: float, started: float) -> bool:
+        """Act out ``cost`` server seconds plus latency; True if the cloud cut it off.
+
+        A cut-off request sleeps the hard timeout and answers nothing useful, but its
+        server time was spent all the same (the caller still charges it).
+        """
+        latency = self.real.latency_s + self.faults.jitter() * self.limits.time_scale
+        server = cost if self.real.enabled else 0.0
+        if self.real.enabled and server + latency > self.real.request_timeout_s:
             self.sleep(self.real.request_timeout_s)
-            raise _Timeout()
-        remaining = total - (self.clock() - started)
+            return True
+        remaining = server + latency - (self.clock() - started)
         if remaining > 0:
             self.sleep(remaining)
+        return False
 
-    def _charge(self, credential: str, method: str, cost: float, started: float) -> dict[str,
-                                                                                        Any]:
+    def charge(self, credential: str, method: str, cost: float, started: float
+               ) -> dict[str, Any]:
+        """Book a finished call's server time; its ``time`` block."""
         now = self.clock()
-        key = f"{credential}:{method}"
+        key = self._budget_key(credential, method)
         with self._lock:
             self.stats.by_method[method] += 1
             spent = self.stats.server_time_by_method
@@ -236,10 +254,16 @@ class BitrixEmulator:
                 self.budget.charge(key, now, cost)
             operating = self.budget.operating(key, now)
             reset_at = self.budget.reset_at(key, now)
-        return self._time_block(started, now, cost, operating, reset_at)
+        return self.time_block(started, now, cost, operating, reset_at)
 
-    def _time_block(self, started: float, finished: float, cost: float, operating: float,
-                    reset_at: int) -> dict[str, Any]:
+    def _budget_key(self, credential: str, method: str) -> str:
+        if self.limits.operating_scope == "portal":
+            return method
+        return f"{credential}:{method}"
+
+    def time_block(self, started: float, finished: float, cost: float, operating: float,
+                   reset_at: int) -> dict[str, Any]:
+        """The ``time`` object of an answer (facts sheet §2.2)."""
         return {
             "start": round(started, 6), "finish": round(finished, 6),
             "duration": round(finished - started, 6), "processing": round(cost, 6),
@@ -248,78 +272,10 @@ class BitrixEmulator:
             "operating_reset_at": reset_at, "operating": round(operating, 6),
         }
 
-    # -- batch ------------------------------------------------------------------------------
-    def _batch(self, credential: str, params: Mapping[str, Any]) -> Reply:
-        started = self.clock()
-        commands = _commands(params.get("cmd"))
-        if len(commands) > MAX_BATCH:
-            raise ApiError(400, "ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
-        halt = str(params.get("halt", "0")).lower() in ("1", "true", "y")
-        parts: dict[str, dict[str, Any]] = {name: {} for name in
-                                            ("result", "result_error", "result_total",
-                                             "result_next", "result_time")}
-        total_cost = 0.0
-        for key, command in commands.items():
-            outcome, error = self._batch_command(credential, command, parts["result"])
-            if error is not None:
-                parts["result_error"][key] = error
-                if halt:
-                    break
-                continue
-            assert outcome is not None
-            total_cost += outcome.cost
-            self._record_command(key, outcome, parts, credential, command, started)
-        self._spend(total_cost, started)
-        if self.limits.batch_accounting == "batch":
-            timing = self._charge(credential, "batch", total_cost, started)
-        else:
-            timing = self._charge(credential, "batch", 0.0, started)
-        envelope = {"result": {k: php_value(v) for k, v in parts.items()}, "time": timing}
-        return Reply(200, _json(envelope))
-
-    def _batch_command(self, credential: str, command: str, done: Mapping[str, Any]
-                       ) -> tuple[Outcome | None, dict[str, str] | None]:
-        name, _, query = command.partition("?")
-        method = name.strip().lower().removesuffix(".json")
-        try:
-            if method == "batch":
-                raise ApiError(405, "ERROR_BATCH_METHOD_NOT_ALLOWED",
-                               "Method is not allowed for batch usage")
-            if self.limits.batch_accounting == "batch":
-                self._check_allowed_no_budget(credential, method)
-            else:
-                self._check_allowed(credential, method)
-            return self._run(method, _command_params(query, done)), None
-        except ApiError as exc:
-            if exc.code == "OPERATION_TIME_LIMIT":
-                with self._lock:
-                    self.stats.batch_429 += 1
-            return None, {"error": exc.code, "error_description": exc.description}
-        except BadRequest as exc:
-            return None, {"error": "", "error_description": str(exc)}
-        except Exception:  # a handler bug answers like PHP would: a 500 for that command
-            return None, {"error": "INTERNAL_SERVER_ERROR", "error_description": "Internal error"}
-
-    def _check_allowed_no_budget(self, credential: str, method: str) -> None:
-        enabled, self.real = self.real.enabled, _disabled(self.real)
-        try:
-            self._check_allowed(credential, method)
-        finally:
-            self.real = _enabled(self.real, enabled)
-
-    def _record_command(self, key: str, outcome: Outcome, parts: dict[str, dict[str, Any]],
-                        credential: str, command: str, started: float) -> None:
-        parts["result"][key] = outcome.result
-        if outcome.total is not None:
-            parts["result_total"][key] = outcome.total
-        if outcome.next is not None:
-            parts["result_next"][key] = outcome.next
-        method = command.partition("?")[0].strip().lower().removesuffix(".json")
-        if self.limits.batch_accounting == "nested":
-            parts["result_time"][key] = self._charge(credential, method, outcome.cost, started)
-        else:
-            parts["result_time"][key] = self._time_block(started, self.clock(), outcome.cost,
-                                                         0.0, 0)
+    def note_batch_429(self) -> None:
+        """Count an OPERATION_TIME_LIMIT answered to a command inside a batch."""
+        with self._lock:
+            self.stats.batch_429 += 1
 
     # -- faults and bookkeeping -------------------------------------------------------------
     def _fault(self, kind: str) -> Reply:
@@ -333,7 +289,7 @@ class BitrixEmulator:
         elif kind == "500":
             reply = _error(500, "INTERNAL_SERVER_ERROR", "Internal server error")
         elif kind == "html":
-            reply = Reply(502, HTML_ERROR.encode(), "text/html; charset=utf-8")
+            reply = Reply(502, HTML_ERROR.encode(), _HTML)
         else:
             return Reply(0, b"", fault=kind)
         self._count(reply.status)
@@ -346,114 +302,9 @@ class BitrixEmulator:
             self.stats.http_429 += int(status == 429)
 
 
-class _Timeout(Exception):
-    """The request ran past the cloud's hard timeout."""
-
-
-def _disabled(limits: EmulatorLimits) -> EmulatorLimits:
-    from dataclasses import replace
-
-    return replace(limits, enabled=False)
-
-
-def _enabled(limits: EmulatorLimits, enabled: bool) -> EmulatorLimits:
-    from dataclasses import replace
-
-    return replace(limits, enabled=enabled)
-
-
 def _error(status: int, code: str, description: str) -> Reply:
     return Reply(status, _json({"error": code, "error_description": description}))
 
 
 def _json(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _parse_body(query: str, content_type: str, body: bytes) -> dict[str, Any]:
-    params = parse_php_query(query)
-    kind = content_type.split(";")[0].strip().lower()
-    if not body:
-        return params
-    if kind == "application/json":
-        try:
-            data = json.loads(body)
-        except ValueError:
-            raise ApiError(400, "INVALID_REQUEST", "Invalid JSON body") from None
-        if isinstance(data, dict):
-            params.update(data)
-    elif kind == "multipart/form-data":
-        params.update(_multipart(content_type, body))
-    else:
-        params.update(parse_php_query(body.decode("utf-8", "replace")))
-    return params
-
-
-def _multipart(content_type: str, body: bytes) -> dict[str, Any]:
-    from email.parser import BytesParser
-    from email.policy import HTTP
-
-    message = BytesParser(policy=HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    pairs = []
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if name:
-            pairs.append((str(name), str(part.get_content()).strip()))
-    return parse_php_pairs(pairs)
-
-
-def _commands(value: Any) -> dict[str, str]:
-    if isinstance(value, list):
-        return {str(i): str(v) for i, v in enumerate(value)}
-    if isinstance(value, Mapping):
-        return {str(k): str(v) for k, v in value.items()}
-    raise BadRequest("Parameter 'cmd' must be array.")
-
-
-def _command_params(query: str, done: Mapping[str, Any]) -> dict[str, Any]:
-    """A batch command's parameters with ``$result[cmd][path…]`` references resolved.
-
-    References are resolved in decoded values, so clients that percent-encode them
-    (b24pysdk) and clients that do not (ours) are read alike. A missing path becomes an
-    empty string: the real behaviour is undocumented (facts sheet §4), and an empty
-    ``>ID`` then reads from the start — the duplicate trap a careless client falls into.
-    """
-
-    def value(match: re.Match[str]) -> str:
-        node: Any = done.get(match.group(1))
-        for part in re.findall(r"\[([^\]]*)\]", match.group(2)):
-            node = _step(node, part)
-        return "" if node is None or isinstance(node, dict | list) else str(node)
-
-    pairs = [(k, _RESULT_REF.sub(value, v)) for k, v in parse_qsl(query, keep_blank_values=True)]
-    return parse_php_pairs(pairs)
-
-
-def _step(node: Any, part: str) -> Any:
-    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-        return node[int(part)]
-    if isinstance(node, dict):
-        return node.get(part)
-    return None
-
-
-class _Transport(httpx.BaseTransport):
-    """In-process transport: dispatches to the emulator, acts out dropped connections."""
-
-    def __init__(self, emulator: BitrixEmulator, require_https: bool) -> None:
-        self.emulator, self.require_https = emulator, require_https
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        body = request.read()
-        reply = self.emulator.dispatch(
-            request.url.scheme, unquote(request.url.path), request.url.query.decode(),
-            request.headers.get("content-type", ""), body, require_https=self.require_https)
-        if reply.fault == "drop":
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.",
-                                            request=request)
-        if reply.fault == "timeout":
-            raise httpx.ReadTimeout("timed out", request=request)
-        return httpx.Response(reply.status, content=reply.body,
-                              headers={"content-type": reply.content_type})
-

@@ -92,7 +92,8 @@ def _contacts(rng: np.random.Generator, config: DataConfig, created: np.ndarray,
             "ID": str(i + 1), "NAME": first, "SECOND_NAME": middle, "LAST_NAME": last,
             "BIRTHDATE": "31.02.1990" if dirty[i] else _midnight(birthdays[i], portal),
             "ASSIGNED_BY_ID": str(int(rng.integers(1, config.managers + 1))),
-            "COMPANY_ID": None, "TYPE_ID": "CLIENT", "SOURCE_ID": "WEB", "OPENED": "Y",
+            "CREATED_BY_ID": "1", "MODIFY_BY_ID": "1", "COMPANY_ID": None,
+            "TYPE_ID": "CLIENT", "SOURCE_ID": "WEB", "OPENED": "Y",
             "DATE_CREATE": _stamp(created[i], portal),
             "DATE_MODIFY": _stamp(created[i] + rng.uniform(0, 3 * DAY), portal),
             "UF_CRM_NPS": str(int(rng.integers(0, 11))) if rng.random() < 0.3 else "",
@@ -104,6 +105,11 @@ def _contacts(rng: np.random.Generator, config: DataConfig, created: np.ndarray,
         _multifields(row, i, phone if has_phone[i] or duplicates[i] >= 0 else None,
                      f"client{i + 1}@example.ru" if has_email[i] else None)
         rows.append(row)
+    for dup in np.flatnonzero(duplicates >= 0).tolist():
+        # A duplicate is the same person entered again: same name, phone written differently.
+        original = rows[int(duplicates[dup])]
+        for key in ("NAME", "SECOND_NAME", "LAST_NAME"):
+            rows[dup][key] = original[key]
     return rows
 
 
@@ -187,7 +193,7 @@ def _deals(rng: np.random.Generator, config: DataConfig, created: np.ndarray,
     b2b = (rng.random(len(owner)) < config.b2b_share) & (n_companies > 0)
     companies = rng.integers(1, max(n_companies, 1) + 1, len(owner))
     dirty = np.flatnonzero(rng.random(len(owner)) < config.dirty_rate)
-    seen: set[int] = set()
+    seen: set[tuple[str, int]] = set()
     rows = []
     for i in range(len(owner)):
         contact = int(owner[i]) + 1
@@ -196,8 +202,10 @@ def _deals(rng: np.random.Generator, config: DataConfig, created: np.ndarray,
             contact = 0
         row = _deal_row(i + 1, contact, company, float(times[i]), float(amounts[i]), end, rng,
                         config, portal)
-        row["IS_RETURN_CUSTOMER"] = "Y" if contact in seen else "N"
-        seen.add(contact)
+        # A repeat deal of the same client: the contact, or the company when there is none.
+        client = ("contact", contact) if contact else ("company", company)
+        row["IS_RETURN_CUSTOMER"] = "Y" if client in seen else "N"
+        seen.add(client)
         rows.append(row)
     for index in dirty:
         _make_dirty(rows[int(index)], DIRTY_KINDS[int(index) % len(DIRTY_KINDS)])

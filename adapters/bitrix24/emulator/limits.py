@@ -21,6 +21,12 @@ Server cost model (seconds of server time, before ``time_scale``):
 
 ``time_scale`` multiplies every duration (costs, window, drain period, timeout,
 latency) in real time, so 0.01 runs a ten-minute window in six seconds.
+
+Two accounting questions the sources disagree on (§5.2) are switches:
+``operating_scope`` — one budget per method for the whole portal (pre-2026 docs and
+helpdesk; the default, as the stricter) or per method and credential (current docs);
+``batch_accounting`` — nested calls charged to their own methods (current docs) or the
+whole batch charged to ``batch`` (a jssdk maintainer's measurement).
 """
 
 from __future__ import annotations
@@ -35,7 +41,11 @@ __all__ = ["EmulatorLimits", "LeakyBucket", "OperatingBudget"]
 
 @dataclass(frozen=True)
 class EmulatorLimits:
-    """Every limit and cost of the emulated portal (defaults: non-Enterprise cloud)."""
+    """Every limit and cost of the emulated portal (defaults: non-Enterprise cloud).
+
+    ``enabled=False`` turns off the bucket, the budget, the hard timeout and the acted-out
+    server time (fast tests); ``latency_s`` is network, not a limit, and still applies.
+    """
 
     enabled: bool = True
     bucket_size: int = 50
@@ -50,6 +60,7 @@ class EmulatorLimits:
     latency_s: float = 0.0
     time_scale: float = 1.0
     batch_accounting: Literal["nested", "batch"] = "nested"
+    operating_scope: Literal["portal", "credential"] = "portal"
 
     def scaled(self) -> EmulatorLimits:
         """The same limits expressed in real seconds (``time_scale`` applied)."""

@@ -1,39 +1,45 @@
 """REST method handlers of the emulated portal, registered by name.
 
 A handler takes ``(ctx, params)`` and returns a :class:`Outcome` (result, optional
-``total``/``next``, server cost). Business errors raise :class:`BadRequest` (HTTP 400,
-empty code) or :class:`ApiError` (a coded error). Add a push method by writing a
-handler and registering it in :data:`HANDLERS`.
+``total``/``next``, server cost). Top-level parameter names reach it in lower case only
+when its family accepts either case (see :func:`top_level`). Business errors raise
+:class:`BadRequest` (HTTP 400, empty code) or :class:`ApiError` (a coded error). Add a
+push method by writing a handler and registering it in :data:`HANDLERS`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from adapters.bitrix24.emulator.fields import (
+    ENTITY_FIELDS,
+    MULTIFIELDS,
+    describe,
+    field_kind,
+    selectable,
+    writable,
+)
+from adapters.bitrix24.emulator.generator import FUNNELS
 from adapters.bitrix24.emulator.limits import EmulatorLimits
-from adapters.bitrix24.emulator.query import BadRequest, parse_filter, project, sort_key
+from adapters.bitrix24.emulator.query import (
+    BadRequest,
+    Condition,
+    parse_filter,
+    parse_order,
+    project,
+    sort_key,
+)
 from adapters.bitrix24.emulator.store import Portal
+from adapters.bitrix24.emulator.strictness import Strictness
 
-__all__ = ["HANDLERS", "STANDARD_FIELDS", "ApiError", "Context", "Outcome"]
+__all__ = ["APP_ONLY", "HANDLERS", "ApiError", "Context", "Outcome", "ServerTimeout",
+           "method_name", "required_scope", "top_level"]
 
 PAGE = 50
-
-STANDARD_FIELDS: Mapping[str, tuple[str, ...]] = {
-    "contact": ("ID", "NAME", "SECOND_NAME", "LAST_NAME", "BIRTHDATE", "TYPE_ID", "SOURCE_ID",
-                "COMPANY_ID", "ASSIGNED_BY_ID", "CREATED_BY_ID", "MODIFY_BY_ID", "DATE_CREATE",
-                "DATE_MODIFY", "HAS_PHONE", "HAS_EMAIL", "OPENED"),
-    "company": ("ID", "TITLE", "COMPANY_TYPE", "ASSIGNED_BY_ID", "DATE_CREATE", "DATE_MODIFY",
-                "OPENED"),
-    "deal": ("ID", "TITLE", "TYPE_ID", "CATEGORY_ID", "STAGE_ID", "STAGE_SEMANTIC_ID", "CLOSED",
-             "OPPORTUNITY", "CURRENCY_ID", "PROBABILITY", "CONTACT_ID", "COMPANY_ID",
-             "ASSIGNED_BY_ID", "BEGINDATE", "CLOSEDATE", "DATE_CREATE", "MOVED_TIME",
-             "DATE_MODIFY", "OPENED", "IS_RETURN_CUSTOMER"),
-}
-USER_FIELDS = {"contact": ("UF_CRM_NPS", "UF_CRM_REVIEW"), "deal": (), "company": ()}
-FILTERABLE_EXTRA = {"contact": ("PHONE", "EMAIL", "WEB", "IM"), "company": ("PHONE", "EMAIL"),
-                    "deal": ()}
+_INTEGER = re.compile(r"^\s*[-+]?\d+\s*$")
 
 
 class ApiError(Exception):
@@ -44,12 +50,17 @@ class ApiError(Exception):
         self.status, self.code, self.description = status, code, description
 
 
+class ServerTimeout(Exception):
+    """The request ran past the cloud's hard timeout (its server time is still charged)."""
+
+
 @dataclass
 class Context:
     """What a handler may use: the portal, the limits (real seconds) and the caller."""
 
     portal: Portal
     limits: EmulatorLimits
+    strict: Strictness
     user_id: int
     scopes: tuple[str, ...]
 
@@ -62,15 +73,37 @@ class Outcome:
     cost: float
     total: int | None = None
     next: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Handler = Callable[[Context, Mapping[str, Any]], Outcome]
 
 
-def _lower_keys(params: Mapping[str, Any]) -> dict[str, Any]:
-    # crm.deal.*/crm.contact.* accept top-level names in either case (facts sheet §2.1).
-    return {str(k).lower(): v for k, v in params.items()}
+def top_level(method: str, params: Mapping[str, Any], strict: Strictness) -> dict[str, Any]:
+    """Parameters as the method reads them: ``SELECT`` = ``select`` where §2.1 allows it.
+
+    Only all-lower and all-upper names are folded ("either case"); a mixed-case name
+    stays as sent, which no handler reads — PHP ignores parameters it does not know.
+    """
+    if not method.startswith(strict.either_case_families):
+        return dict(params)
+    mixed, lower, upper = {}, {}, {}
+    for key, value in params.items():
+        name = str(key)
+        if name == name.lower():
+            lower[name] = value
+        elif name == name.upper():
+            upper[name.lower()] = value
+        else:
+            mixed[name] = value
+    return {**mixed, **lower, **upper}
+
+
+def method_name(raw: str) -> str:
+    """A method as the portal resolves it: any case, with or without ``.json``."""
+    name = raw.strip().lower()
+    if name.endswith(".xml"):
+        raise ApiError(400, "INVALID_REQUEST", "XML output is not supported here")
+    return name.removesuffix(".json")
 
 
 def _as_map(value: Any, name: str) -> dict[str, Any]:
@@ -88,37 +121,51 @@ def _select(value: Any) -> list[str]:
         return [str(v) for v in value.values()]
     if isinstance(value, list):
         return [str(v) for v in value]
-    return [str(value)]
+    raise BadRequest("Parameter 'select' must be array.")
 
 
 def _start(value: Any) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
+    # An integer or an integer string; anything else would be read as 0 by PHP's
+    # intval — a silent restart from the first page, which the emulator refuses.
+    if value is None:
         return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _INTEGER.match(value):
+        return int(value)
+    raise BadRequest("Parameter 'start' must be integer.")
+
+
+def _record_id(value: Any) -> int:
+    """A positive record ID, or 0 when missing or malformed."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(value, 0)
+    text = str(value or "").strip()
+    return int(text) if text.isdigit() else 0
 
 
 def list_entity(entity: str) -> Handler:
     """``crm.<entity>.list`` with select / filter / order / start."""
 
-    def handler(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
-        params = _lower_keys(raw)
+    def handler(ctx: Context, params: Mapping[str, Any]) -> Outcome:
         select = _select(params.get("select"))
         filter_ = _as_map(params.get("filter"), "filter")
-        order = {str(k).upper(): str(v).upper() for k, v in
-                 _as_map(params.get("order"), "order").items()}
         if entity == "deal" and ("CONTACT_IDS" in {s.upper() for s in select}
                                  or any("CONTACT_IDS" in str(k).upper() for k in filter_)):
             raise BadRequest("CONTACT_IDS is not supported in select or filter of crm.deal.list")
-        known = (*STANDARD_FIELDS[entity], *USER_FIELDS[entity], *FILTERABLE_EXTRA[entity])
-        conditions = parse_filter(filter_, known, ctx.portal.tz)
-        start = _start(params.get("start", 0))
+        fields = ctx.portal.fields(entity)
+        conditions = parse_filter(filter_, fields, ctx.portal.tz, ctx.strict.unknown_filter)
+        order = parse_order(_as_map(params.get("order"), "order"), fields)
+        start = _start(params.get("start"))
+        if start >= 0 and ctx.strict.offset_paging == "page":
+            start -= start % PAGE  # start = (page − 1)·50: the page this offset falls in
+        standard = {k: fields[k] for k in selectable(entity)}
         with ctx.portal.lock:
             rows, total = _page(ctx.portal, entity, conditions, order, start)
-            page = [project(r, select, STANDARD_FIELDS[entity]) for r in rows]
+            page = [project(r, select, standard, ctx.portal.user_fields[entity],
+                            ctx.strict.empty_user_fields) for r in rows]
             table_rows = len(ctx.portal.tables[entity].ids)
-        counted = None if start < 0 else table_rows
-        cost = ctx.limits.page_cost(len(page), counted)
+        cost = ctx.limits.page_cost(len(page), None if start < 0 else table_rows)
         if start < 0:
             return Outcome(page, cost, total=0)
         more = start + PAGE < total
@@ -127,7 +174,7 @@ def list_entity(entity: str) -> Handler:
     return handler
 
 
-def _id_floor(conditions: list[Any]) -> int | None:
+def _id_floor(conditions: list[Condition]) -> int | None:
     floors = [_as_int(c.value) for c in conditions
               if c.field == "ID" and c.op == ">" and not isinstance(c.value, list | dict)]
     return max(floors) if floors else None
@@ -141,10 +188,10 @@ def _as_int(value: Any) -> int:
         return 0
 
 
-def _page(portal: Portal, entity: str, conditions: list[Any], order: Mapping[str, str],
-          start: int) -> tuple[list[dict[str, Any]], int]:
+def _page(portal: Portal, entity: str, conditions: list[Condition],
+          order: list[tuple[str, str]], start: int) -> tuple[list[dict[str, Any]], int]:
     table = portal.tables[entity]
-    by_id = not order or list(order.items()) == [("ID", "ASC")]
+    by_id = not order or order == [("ID", "ASC")]
     if by_id and not conditions and start >= 0:
         ids = table.ids[start:start + PAGE]
         return [table.rows[i] for i in ids], len(table.ids)
@@ -160,8 +207,9 @@ def _page(portal: Portal, entity: str, conditions: list[Any], order: Mapping[str
         return page, 0
     matched = [table.rows[i] for i in table.ids
                if all(c.matches(table.rows[i]) for c in conditions)]
-    for key, direction in reversed(list(order.items())):
-        matched.sort(key=sort_key(key), reverse=direction == "DESC")
+    fields = portal.fields(entity)
+    for key, direction in reversed(order):
+        matched.sort(key=sort_key(key, field_kind(fields[key])), reverse=direction == "DESC")
     offset = max(start, 0)
     return matched[offset:offset + PAGE], len(matched)
 
@@ -169,39 +217,63 @@ def _page(portal: Portal, entity: str, conditions: list[Any], order: Mapping[str
 def get_entity(entity: str) -> Handler:
     """``crm.<entity>.get``: every field, multifields included."""
 
-    def handler(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
-        record_id = _start(_lower_keys(raw).get("id", 0))
-        row = ctx.portal.tables[entity].rows.get(record_id)
+    def handler(ctx: Context, params: Mapping[str, Any]) -> Outcome:
+        record_id = _record_id(params.get("id"))
         if record_id <= 0:
             raise BadRequest("ID is not defined or invalid.")
+        row = ctx.portal.tables[entity].rows.get(record_id)
         if row is None:
             raise BadRequest("Not found")
-        return Outcome(dict(row), ctx.limits.call_cost_s)
+        # get answers what a list answers for "*", "UF_*" and every multifield.
+        fields = ctx.portal.fields(entity)
+        result = project(row, ["*", "UF_*", *sorted(MULTIFIELDS)],
+                         {k: fields[k] for k in selectable(entity)},
+                         ctx.portal.user_fields[entity], ctx.strict.empty_user_fields)
+        return Outcome(result, ctx.limits.call_cost_s)
 
     return handler
 
 
 def update_entity(entity: str) -> Handler:
-    """``crm.<entity>.update``: changes the given fields, bumps DATE_MODIFY."""
+    """``crm.<entity>.update``: writable fields only (others ignored), bumps DATE_MODIFY."""
 
-    def handler(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
-        params = _lower_keys(raw)
-        record_id = _start(params.get("id", 0))
+    def handler(ctx: Context, params: Mapping[str, Any]) -> Outcome:
+        record_id = _record_id(params.get("id"))
+        if record_id <= 0:
+            raise BadRequest("ID is not defined or invalid.")
         fields = _as_map(params.get("fields"), "fields")
-        if record_id not in ctx.portal.tables[entity].rows:
+        row = ctx.portal.tables[entity].rows.get(record_id)
+        if row is None:
             raise BadRequest("Not found")
-        allowed = {k: v for k, v in fields.items()
-                   if k in STANDARD_FIELDS[entity] or str(k).startswith("UF_CRM_")}
-        allowed.pop("ID", None)
-        ctx.portal.update(entity, record_id, allowed)
+        extra = ctx.portal.user_fields[entity]
+        # Unknown and read-only keys are ignored silently, as the docs say (§8.1).
+        changes = {str(k): v for k, v in fields.items() if writable(entity, str(k), extra)}
+        if entity == "deal" and "STAGE_ID" in changes:
+            changes.update(_stage_effects(str(changes["STAGE_ID"]), row, ctx.portal))
+        ctx.portal.update(entity, record_id, changes)
         return Outcome(True, ctx.limits.call_cost_s)
 
     return handler
 
 
-def deal_contacts(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
+def _stage_effects(stage: str, row: Mapping[str, Any], portal: Portal) -> dict[str, Any]:
+    # STAGE_SEMANTIC_ID and CLOSED follow the group of the current stage (§6.2).
+    category = str(row.get("CATEGORY_ID") or "0")
+    open_stages, won, lost = FUNNELS.get(category, ([], "", ""))
+    if stage not in (*open_stages, won, lost):
+        raise BadRequest(f"Stage '{stage}' does not belong to the deal's funnel.")
+    semantic = "S" if stage == won else "F" if stage == lost else "P"
+    effects = {"STAGE_SEMANTIC_ID": semantic, "CLOSED": "N" if semantic == "P" else "Y"}
+    if stage != row.get("STAGE_ID"):
+        effects["MOVED_TIME"] = portal.stamp()
+    return effects
+
+
+def deal_contacts(ctx: Context, params: Mapping[str, Any]) -> Outcome:
     """``crm.deal.contact.items.get``: integer bindings (facts sheet §6.2)."""
-    deal_id = _start(_lower_keys(raw).get("id", 0))
+    deal_id = _record_id(params.get("id"))
+    if deal_id <= 0:
+        raise BadRequest("ID is not defined or invalid.")
     if deal_id not in ctx.portal.tables["deal"].rows:
         raise BadRequest("Not found.")
     items = [{"CONTACT_ID": c, "SORT": 10 * (i + 1), "ROLE_ID": 0,
@@ -213,25 +285,17 @@ def deal_contacts(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
 def entity_fields(entity: str) -> Handler:
     """``crm.<entity>.fields``: field descriptions, user fields flagged ``isDynamic``."""
 
-    def handler(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
-        result: dict[str, Any] = {}
-        for name in STANDARD_FIELDS[entity]:
-            kind = "date" if name.startswith("DATE") else "integer" if name.endswith("ID") \
-                else "string"
-            result[name] = {"type": kind, "isRequired": False, "isReadOnly": name == "ID",
-                            "isMultiple": False, "isDynamic": False, "title": name}
-        for name in USER_FIELDS[entity]:
-            result[name] = {"type": "string", "isDynamic": True, "isMultiple": False,
-                            "title": name, "listLabel": name}
+    def handler(ctx: Context, params: Mapping[str, Any]) -> Outcome:
+        result = {name: describe(name, f, False) for name, f in ENTITY_FIELDS[entity].items()}
+        for name, f in ctx.portal.user_fields[entity].items():
+            result[name] = describe(name, f, True)
         return Outcome(result, ctx.limits.call_cost_s)
 
     return handler
 
 
-def status_list(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
+def status_list(ctx: Context, params: Mapping[str, Any]) -> Outcome:
     """``crm.status.list``: deal stages of both funnels with their semantics."""
-    from adapters.bitrix24.emulator.generator import FUNNELS
-
     rows: list[dict[str, Any]] = []
     for category, (open_stages, won, lost) in FUNNELS.items():
         entity_id = "DEAL_STAGE" if category == "0" else f"DEAL_STAGE_{category}"
@@ -240,23 +304,23 @@ def status_list(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
             rows.append({"ID": str(len(rows) + 1), "ENTITY_ID": entity_id, "STATUS_ID": stage,
                          "NAME": stage, "SORT": str(sort * 10), "SEMANTICS": semantics,
                          "CATEGORY_ID": category})
-    filter_ = _as_map(_lower_keys(raw).get("filter"), "filter")
+    filter_ = _as_map(params.get("filter"), "filter")
     wanted = filter_.get("ENTITY_ID")
     return Outcome([r for r in rows if wanted in (None, r["ENTITY_ID"])], ctx.limits.call_cost_s)
 
 
-def profile(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
+def profile(ctx: Context, params: Mapping[str, Any]) -> Outcome:
     """``profile`` / ``user.current``: the webhook's user."""
     return Outcome({"ID": str(ctx.user_id), "ADMIN": True, "NAME": "Emulated",
                     "LAST_NAME": "Admin", "TIME_ZONE_OFFSET": 10800}, ctx.limits.call_cost_s)
 
 
-def scope(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
+def scope(ctx: Context, params: Mapping[str, Any]) -> Outcome:
     """``scope``: the scopes granted to the webhook."""
     return Outcome(list(ctx.scopes), ctx.limits.call_cost_s)
 
 
-def server_time(ctx: Context, raw: Mapping[str, Any]) -> Outcome:
+def server_time(ctx: Context, params: Mapping[str, Any]) -> Outcome:
     """``server.time``: the portal clock."""
     return Outcome(ctx.portal.stamp(), ctx.limits.call_cost_s)
 
@@ -286,4 +350,3 @@ def required_scope(method: str) -> str | None:
         if method.startswith(prefix):
             return name
     return None
-

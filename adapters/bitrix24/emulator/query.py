@@ -1,46 +1,32 @@
 """``select``, ``filter`` and ``order`` of the legacy ``crm.*.list`` methods (facts sheet §3.1).
 
-Strict on purpose: an unknown filter field is an error (the sheet marks lenient
-behaviour UNVERIFIED; answering "everything" would hide a client bug), multifields
-match exactly, LIKE does not work on status-typed fields, and an empty value in a
-numeric comparison behaves like SQL's comparison with ``''`` — i.e. 0.
+Strict on purpose: field names are matched exactly as the docs spell them (upper case);
+an unknown filter or order field is an error (the sheet marks lenient behaviour
+UNVERIFIED; answering "everything" would hide a client bug); only the legacy operators
+exist (``!%`` and friends belong to ``crm.item.list``); multifields take exact matches
+only; LIKE does not work on reference-typed fields; an empty value in a numeric
+comparison behaves like SQL's comparison with ``''`` — i.e. 0.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["BadRequest", "Condition", "parse_filter", "project", "sort_key"]
+from adapters.bitrix24.emulator.fields import MULTIFIELDS, Field, field_kind, no_like
 
-MULTIFIELDS = frozenset({"PHONE", "EMAIL", "WEB", "IM", "LINK"})
-STATUS_TYPED = frozenset({"STAGE_ID", "TYPE_ID", "SOURCE_ID", "HONORIFIC", "STATUS_ID",
-                          "CURRENCY_ID", "COMPANY_TYPE"})
-_DATE_FIELDS = frozenset({"BIRTHDATE", "CLOSEDATE", "BEGINDATE", "MOVED_TIME",
-                          "LAST_ACTIVITY_TIME"})
-_OPERATOR = re.compile(r"^(>=|<=|!=|!@|=%|%=|!%|>|<|@|=|!|%)?(.+)$")
+__all__ = ["BadRequest", "Condition", "parse_filter", "parse_order", "project", "sort_key"]
+
+# Longest prefixes first, so ">=" is not read as ">" plus a field named "=…".
+_OPERATOR = re.compile(r"^(>=|<=|!=|!@|=%|%=|>|<|@|=|!|%)?(.+)$")
+_LIKE = frozenset({"%", "=%", "%="})
 
 
 class BadRequest(Exception):
     """A legacy CRM business error: HTTP 400 with an empty ``error`` code."""
-
-
-_NUMERIC = frozenset({"ID", "OPPORTUNITY", "PROBABILITY", "TAX_VALUE", "CONTACT_ID",
-                      "COMPANY_ID", "LEAD_ID", "QUOTE_ID", "CATEGORY_ID", "ASSIGNED_BY_ID",
-                      "CREATED_BY_ID", "MODIFY_BY_ID", "MOVED_BY_ID", "LAST_ACTIVITY_BY"})
-
-
-def is_numeric_field(name: str) -> bool:
-    """IDs, links, money and counts compare as numbers (codes like STAGE_SEMANTIC_ID do not)."""
-    return name in _NUMERIC
-
-
-def is_date_field(name: str) -> bool:
-    """DATE_* and the declared date fields compare as datetimes."""
-    return name.startswith("DATE_") or name in _DATE_FIELDS
 
 
 @dataclass(frozen=True)
@@ -49,70 +35,106 @@ class Condition:
 
     op: str
     field: str
+    kind: str
     value: Any
     tz: tzinfo
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         """Whether ``row`` satisfies this condition."""
-        if self.field in MULTIFIELDS:
+        if self.kind == "multi":  # only "=" gets here (parse_filter refuses the rest)
             values = [e.get("VALUE") for e in row.get(self.field) or []]
-            hit = any(_as_list(self.value).__contains__(v) for v in values)
-            return not hit if self.op in ("!", "!=", "!@") else hit
+            return any(v in _as_list(self.value) for v in values)
         actual = row.get(self.field)
         if self.op in ("@", "!@"):
-            inside = any(_equal(self.field, actual, v, self.tz) for v in _as_list(self.value))
+            inside = any(_equal(self.kind, actual, v, self.tz) for v in _as_list(self.value))
             return inside if self.op == "@" else not inside
         if self.op in ("=", "!", "!="):
-            equal = _equal(self.field, actual, self.value, self.tz)
+            equal = _equal(self.kind, actual, self.value, self.tz)
             return equal if self.op == "=" else not equal
-        if self.op in ("%", "=%", "%=", "!%"):
+        if self.op in _LIKE:
             return _like(self.op, actual, self.value)
-        return _compare(self.op, self.field, actual, self.value, self.tz)
+        return _compare(self.op, self.kind, actual, self.value, self.tz)
 
 
 def parse_filter(
-    filter_: Mapping[str, Any], known: Iterable[str], tz: tzinfo
+    filter_: Mapping[str, Any], fields: Mapping[str, Field], tz: tzinfo,
+    unknown: Literal["error", "ignore"] = "error",
 ) -> list[Condition]:
-    """Compile a filter map; unknown fields and LIKE on status fields are BadRequest."""
-    known_set = set(known)
+    """Compile a filter map against ``fields``; refusals are :class:`BadRequest`."""
     conditions = []
     for key, value in filter_.items():
         match = _OPERATOR.match(str(key))
         if not match:
             raise BadRequest(f"Invalid filter key {key!r}")
-        op, field = match.group(1) or "=", match.group(2).upper()
-        if field == "LOGIC":
+        op, name = match.group(1) or "=", match.group(2)
+        if name.upper() == "LOGIC":
             raise BadRequest("Filter LOGIC is not supported by this method")
-        if field not in known_set and not field.startswith("UF_"):
-            raise BadRequest(f"Unknown filter field '{field}'")
-        if op in ("%", "=%", "%=", "!%") and field in STATUS_TYPED:
-            raise BadRequest(f"LIKE is not supported for field '{field}'")
-        conditions.append(Condition(op, field, value, tz))
+        field = fields.get(name)
+        if field is None or not field.listable:
+            if unknown == "ignore":
+                continue
+            raise BadRequest(f"Unknown filter field '{name}'")
+        kind = field_kind(field)
+        if op in _LIKE and no_like(field):
+            raise BadRequest(f"LIKE is not supported for field '{name}'")
+        if kind == "multi" and op != "=":
+            raise BadRequest(f"Field '{name}' supports only an exact match")
+        if kind == "date" and op not in _LIKE:
+            _check_dates(name, value, tz)
+        conditions.append(Condition(op, name, kind, value, tz))
     return conditions
 
 
-def project(row: Mapping[str, Any], select: list[str], standard: Iterable[str]) -> dict[str, Any]:
+def _check_dates(name: str, value: Any, tz: tzinfo) -> None:
+    # A date the server cannot read must not quietly match nothing: an incremental pull
+    # with a malformed watermark would then look like "no changes" and lose data.
+    for item in _as_list(value):
+        if _moment(item, tz) is None:
+            raise BadRequest(f"Invalid date '{item}' in filter field '{name}'")
+
+
+def parse_order(order: Mapping[str, Any], fields: Mapping[str, Field]) -> list[tuple[str, str]]:
+    """``{FIELD: ASC|DESC}`` checked against ``fields`` (multifields cannot be sorted)."""
+    result = []
+    for name, direction in order.items():
+        field = fields.get(str(name))
+        if field is None or not field.listable or field_kind(field) == "multi":
+            raise BadRequest(f"Unknown order field '{name}'")
+        word = str(direction).strip().upper()
+        if word not in ("ASC", "DESC"):
+            raise BadRequest(f"Invalid order direction '{direction}' for field '{name}'")
+        result.append((str(name), word))
+    return result
+
+
+def project(
+    row: Mapping[str, Any], select: list[str], standard: Mapping[str, Field],
+    user: Mapping[str, Field], empty_user: Literal["omit", "keep"] = "omit",
+) -> dict[str, Any]:
     """The keys ``select`` asks for: ``*`` = standard fields, ``UF_*`` = user fields,
     multifields only when named (and omitted when empty); ``ID`` always."""
-    wanted = {s.upper() for s in select}
+    wanted = set(select)
     out: dict[str, Any] = {"ID": row["ID"]}
-    for key in standard:
-        if key in row and ("*" in wanted or key in wanted):
-            out[key] = row[key]
-    for key, value in row.items():
-        if key.startswith("UF_") and ("UF_*" in wanted or key in wanted):
+    for key, field in standard.items():
+        if "*" in wanted or key in wanted:
+            # A standard field is always answered; an unset date is "" (§2.4).
+            out[key] = row.get(key, "" if field_kind(field) == "date" else None)
+    for key in user:
+        value = row.get(key)
+        if ("UF_*" in wanted or key in wanted) and (
+                empty_user == "keep" or value not in (None, "", [])):
             out[key] = value
-    for key in MULTIFIELDS & wanted:
+    for key in sorted(MULTIFIELDS & wanted):
         if row.get(key):
             out[key] = row[key]
     return out
 
 
-def sort_key(field: str) -> Any:
-    """A key function ordering rows by ``field`` with the right type."""
+def sort_key(field: str, kind: str) -> Any:
+    """A key function ordering rows by ``field`` the way its type compares."""
     def key(row: Mapping[str, Any]) -> Any:
         value = row.get(field)
-        if is_numeric_field(field):
+        if kind == "number":
             return _number(value) if value not in (None, "") else float("-inf")
         return "" if value is None else str(value)
     return key
@@ -151,22 +173,22 @@ def _moment(value: Any, tz: tzinfo) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
 
 
-def _equal(field: str, actual: Any, expected: Any, tz: tzinfo) -> bool:
-    if is_numeric_field(field):
+def _equal(kind: str, actual: Any, expected: Any, tz: tzinfo) -> bool:
+    if kind == "number":
         return actual not in (None, "") and _number(actual) == _number(expected)
-    if is_date_field(field):
+    if kind == "date":
         a, b = _moment(actual, tz), _moment(expected, tz)
         return a is not None and a == b
     return str(actual if actual is not None else "") == str(expected)
 
 
-def _compare(op: str, field: str, actual: Any, expected: Any, tz: tzinfo) -> bool:
-    if is_date_field(field):
+def _compare(op: str, kind: str, actual: Any, expected: Any, tz: tzinfo) -> bool:
+    if kind == "date":
         a, b = _moment(actual, tz), _moment(expected, tz)
         if a is None or b is None:
             return False
         left, right = a.timestamp(), b.timestamp()
-    elif is_numeric_field(field):
+    elif kind == "number":
         if actual in (None, ""):
             return False
         left, right = _number(actual), _number(expected)
@@ -179,8 +201,7 @@ def _compare(op: str, field: str, actual: Any, expected: Any, tz: tzinfo) -> boo
 
 def _like(op: str, actual: Any, pattern: Any) -> bool:
     text, wanted = str(actual or "").lower(), str(pattern).lower()
-    if op in ("%", "!%"):
-        hit = wanted in text
-        return not hit if op == "!%" else hit
+    if op == "%":
+        return wanted in text
     regex = "^" + ".*".join(re.escape(part) for part in wanted.split("%")) + "$"
     return re.match(regex, text, re.DOTALL) is not None

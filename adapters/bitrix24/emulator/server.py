@@ -1,7 +1,9 @@
 """The emulator over real loopback HTTP (tests, benchmarks, other clients).
 
-Plain ``http://`` on a loopback address: the emulator then cannot insist on HTTPS the
-way the cloud does, so ``require_https`` is off here (it is on in-process).
+Plain ``http://``: the server cannot offer TLS, so it accepts ``http`` on connections
+that arrive over loopback (the only place a client may use it) and, like the cloud,
+answers ``INVALID_REQUEST`` "Https required." to any other — e.g. when bound to
+``0.0.0.0`` and reached over the network. ``require_https=False`` lifts that.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-from adapters.bitrix24.emulator.app import BitrixEmulator, _Timeout
+from adapters.bitrix24.emulator.app import BitrixEmulator
 
 __all__ = ["LoopbackServer", "run_forever", "serve"]
 
@@ -29,7 +31,8 @@ class LoopbackServer:
     httpd: ThreadingHTTPServer
 
 
-def _handler_for(emulator: BitrixEmulator) -> type[BaseHTTPRequestHandler]:
+def _handler_for(emulator: BitrixEmulator, require_https: bool
+                 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -45,13 +48,11 @@ def _handler_for(emulator: BitrixEmulator) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self, body: bytes) -> None:
             parts = urlsplit(self.path)
-            try:
-                reply = emulator.dispatch("http", unquote(parts.path), parts.query,
-                                          self.headers.get("Content-Type", ""), body,
-                                          require_https=False)
-            except _Timeout:
-                self._send(504, b"<html><body>504 Gateway Time-out</body></html>", "text/html")
-                return
+            # The local address this connection arrived on: loopback or not.
+            local = str(self.connection.getsockname()[0])
+            reply = emulator.dispatch("http", unquote(parts.path), parts.query,
+                                      self.headers.get("Content-Type", ""), body,
+                                      require_https=require_https, host=local)
             if reply.fault == "drop":
                 self.close_connection = True
                 return
@@ -72,10 +73,10 @@ def _handler_for(emulator: BitrixEmulator) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve(emulator: BitrixEmulator, host: str = "127.0.0.1", port: int = 0
-          ) -> Iterator[LoopbackServer]:
+def serve(emulator: BitrixEmulator, host: str = "127.0.0.1", port: int = 0, *,
+          require_https: bool = True) -> Iterator[LoopbackServer]:
     """Serve ``emulator`` on ``host:port`` (0 = any free port) in a background thread."""
-    httpd = ThreadingHTTPServer((host, port), _handler_for(emulator))
+    httpd = ThreadingHTTPServer((host, port), _handler_for(emulator, require_https))
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -87,9 +88,10 @@ def serve(emulator: BitrixEmulator, host: str = "127.0.0.1", port: int = 0
         httpd.server_close()
 
 
-def run_forever(emulator: BitrixEmulator, host: str, port: int) -> None:
+def run_forever(emulator: BitrixEmulator, host: str, port: int, *,
+                require_https: bool = True) -> None:
     """Serve until interrupted, printing the webhook URL to use."""
-    httpd = ThreadingHTTPServer((host, port), _handler_for(emulator))
+    httpd = ThreadingHTTPServer((host, port), _handler_for(emulator, require_https))
     url = f"http://{host}:{httpd.server_address[1]}"
     print(f"Emulated Bitrix24 portal on {url}")
     print(f"webhook_url = \"{emulator.webhook_url(url)}\"", flush=True)

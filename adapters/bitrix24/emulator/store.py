@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from adapters.bitrix24.emulator.fields import ENTITY_FIELDS, Field, field_kind, user_fields
+
 __all__ = ["ENTITIES", "Portal", "parse_offset"]
 
 ENTITIES = ("contact", "company", "deal")
@@ -34,12 +36,14 @@ class Table:
         self.next_id = 1
 
     def put(self, record_id: int, row: dict[str, Any]) -> None:
+        """Insert or replace a record."""
         if record_id not in self.rows:
             bisect.insort(self.ids, record_id)
         self.rows[record_id] = row
         self.next_id = max(self.next_id, record_id + 1)
 
     def remove(self, record_id: int) -> None:
+        """Drop a record (KeyError if absent)."""
         del self.rows[record_id]
         index = bisect.bisect_left(self.ids, record_id)
         del self.ids[index]
@@ -65,6 +69,8 @@ class Portal:
         self.tables: dict[str, Table] = {entity: Table() for entity in ENTITIES}
         self.deletions: list[tuple[str, int, datetime]] = []
         self.deal_contacts: dict[int, list[int]] = {}
+        # The portal's user fields per entity (what UF_* selects and a filter may name).
+        self.user_fields: dict[str, dict[str, Field]] = {e: user_fields(e) for e in ENTITIES}
         self.lock = threading.RLock()
 
     @classmethod
@@ -84,6 +90,16 @@ class Portal:
         """A datetime in the API's format (ISO 8601 with the portal offset)."""
         return (moment or self.now()).astimezone(self.tz).replace(microsecond=0).isoformat()
 
+    def fields(self, entity: str) -> dict[str, Field]:
+        """Every field of ``entity``: the standard ones and this portal's user fields."""
+        return {**ENTITY_FIELDS[entity], **self.user_fields[entity]}
+
+    def add_user_field(self, entity: str, name: str, type_id: str = "string") -> None:
+        """Register a user field (``UF_CRM_…``), as ``crm.*.userfield.add`` would."""
+        if not name.startswith("UF_CRM_"):
+            raise ValueError(f"user field names start with UF_CRM_, not {name!r}")
+        self.user_fields[entity][name] = Field(type_id)
+
     # -- mutation ---------------------------------------------------------------------------
     def add(self, entity: str, fields: Mapping[str, Any]) -> int:
         """Create a record; DATE_CREATE/DATE_MODIFY are now; missing fields get defaults."""
@@ -91,8 +107,9 @@ class Portal:
             table = self.tables[entity]
             record_id = table.next_id
             now = self.stamp()
-            row = {**_defaults(entity), **_stringify(fields), "ID": str(record_id),
+            row = {**_defaults(entity), **_stringify(entity, fields), "ID": str(record_id),
                    "DATE_CREATE": now, "DATE_MODIFY": now}
+            _derive_flags(row)
             if entity == "deal":
                 row.setdefault("MOVED_TIME", now)
             table.put(record_id, row)
@@ -112,7 +129,8 @@ class Portal:
         """Change fields and bump DATE_MODIFY (to ``modified_at`` when given)."""
         with self.lock:
             row = self.tables[entity].rows[record_id]
-            row.update(_stringify(fields))
+            row.update(_stringify(entity, fields))
+            _derive_flags(row)
             row["DATE_MODIFY"] = self.stamp(modified_at)
             self._link_contact(entity, record_id, row)
 
@@ -135,17 +153,31 @@ class Portal:
                                                                               "0") else []
 
 
-def _stringify(fields: Mapping[str, Any]) -> dict[str, Any]:
-    # Legacy methods store and return scalars as strings.
+def _stringify(entity: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    # Legacy methods store and return scalars as strings: money with two decimals
+    # ("19999.90"), flags as Y/N, and an unset date as "" rather than null (§2.4).
+    known = ENTITY_FIELDS[entity]
     result: dict[str, Any] = {}
     for key, value in fields.items():
-        if isinstance(value, bool):
+        field = known.get(key)
+        if field is not None and field_kind(field) == "date" and value is None:
+            result[key] = ""
+        elif isinstance(value, bool):
             result[key] = "Y" if value else "N"
+        elif field is not None and field.type == "double" and isinstance(value, int | float):
+            result[key] = f"{value:.2f}"
         elif isinstance(value, int | float):
             result[key] = str(value)
         else:
             result[key] = value
     return result
+
+
+def _derive_flags(row: dict[str, Any]) -> None:
+    # HAS_PHONE / HAS_EMAIL are read-only and follow the multifields (§6.1).
+    for flag, multifield in (("HAS_PHONE", "PHONE"), ("HAS_EMAIL", "EMAIL")):
+        if flag in row or multifield in row:
+            row[flag] = "Y" if row.get(multifield) else "N"
 
 
 def _defaults(entity: str) -> dict[str, Any]:
