@@ -89,6 +89,12 @@ class CrmConfig(_Section):
     limits: LimitsConfig = LimitsConfig()
     retry: RetryConfig = RetryConfig()
 
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _strip_webhook_url(cls, value: Any) -> Any:
+        # A value pasted into an environment variable often carries a newline or spaces.
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("webhook_url")
     @classmethod
     def _check_webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -145,18 +151,23 @@ def is_loopback_host(host: str) -> bool:
 
 def check_webhook_url(url: str) -> None:
     """Validate an inbound-webhook URL without ever echoing its secret."""
+    copy = "hint: copy it from Applications > Developer resources > Inbound webhook"
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValueError("webhook_url must look like https://PORTAL/rest/USER_ID/SECRET/")
+        raise ValueError(f"webhook_url must look like https://PORTAL/rest/USER_ID/SECRET/ ({copy})")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ValueError("webhook_url must use https:// (plain http:// only for loopback hosts)")
+        raise ValueError("webhook_url must use https:// (hint: plain http:// is accepted only "
+                         "for loopback hosts such as 127.0.0.1 or localhost)")
+    if "@" in parts.netloc:
+        # user:password@ would travel as a Basic auth header nothing here redacts.
+        raise ValueError("webhook_url must not carry user:password@ (hint: the secret belongs "
+                         "in the path, /rest/USER_ID/SECRET/)")
     if not _WEBHOOK_PATH.match(parts.path):
-        raise ValueError(
-            "webhook_url path must be /rest/USER_ID/SECRET/ (copy it from "
-            "Applications > Developer resources > Inbound webhook)"
-        )
+        raise ValueError(f"webhook_url path must be /rest/USER_ID/SECRET/ with no method name "
+                         f"after it ({copy})")
     if parts.query or parts.fragment:
-        raise ValueError("webhook_url must not carry a query string or fragment")
+        raise ValueError("webhook_url must not carry a query string or fragment (hint: end it "
+                         "with the secret and a slash)")
 
 
 def resolve_config_path(cli_value: str | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -227,15 +238,41 @@ def _expand_string(
     return _ENV_REF.sub(substitute, value)
 
 
+# Hints by pydantic error type (prefix); anything else points at the documented example.
+_HINTS = (
+    ("string", 'write it as a quoted string: key = "..."'),
+    ("int", "write a whole number without quotes"),
+    ("float", "write a number without quotes"),
+    ("bool", "write true or false without quotes"),
+    ("literal", "use one of the values listed"),
+    ("greater_than", "raise the value to within the range given"),
+    ("less_than", "lower the value to within the range given"),
+    ("path", 'write the path as a quoted string: path = "retention.db"'),
+    ("list", 'write a list: key = ["a", "b"]'),
+    ("tuple", 'write a list: key = ["a", "b"]'),
+    ("dict", "write a [table] (section) here"),
+    ("model", "write a [table] (section) here"),
+)
+
+
 def _describe(error: Mapping[str, Any]) -> tuple[str, str]:
-    loc = tuple(part for part in error["loc"] if not str(part).startswith("function-after"))
-    kind = error["type"]
+    loc = tuple(part for part in error["loc"] if not str(part).startswith("function-"))
+    path, kind = _toml_path(loc), str(error["type"])
     if kind == "extra_forbidden":
-        return _toml_path(loc), "unknown key (hint: check the spelling against config.example.toml)"
+        return path, "unknown key (hint: check the spelling against config.example.toml)"
     if kind == "missing":
-        return _toml_path(loc), "required key is missing"
+        return path, f"required key is missing (hint: config.example.toml shows {path})"
     message = str(error["msg"]).removeprefix("Value error, ")
-    return _toml_path(loc), message
+    if "hint:" in message:
+        return path, message
+    return path, f"{message} (hint: {_hint(kind, path)})"
+
+
+def _hint(kind: str, path: str) -> str:
+    for prefix, hint in _HINTS:
+        if kind.startswith(prefix):
+            return hint
+    return f"see {path} in config.example.toml"
 
 
 def _toml_path(loc: tuple[Any, ...]) -> str:

@@ -104,3 +104,47 @@ def test_config_path_resolution_order():
     assert resolve_config_path(None, {}) == Path("retention.toml")
 
 
+
+
+def test_every_problem_carries_a_hint():
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {"crm": {"kind": "bitrix", "webhook_url": "https://a.b/rest/1/s/", "timeout_s": "x",
+                     "limits": {"bucket_size": 0}, "contact_fields": "UF_CRM_NPS"},
+             "sync": {"entities": ["leads"], "reconcile": "sometimes"}, "mirror": {"path": 5},
+             "extra": {}},
+            {},
+        )
+    problems = dict(info.value.problems)
+    assert set(problems) == {"crm.kind", "crm.timeout_s", "crm.limits.bucket_size",
+                             "crm.contact_fields", "sync.entities[0]", "sync.reconcile",
+                             "mirror.path", "extra"}
+    assert all("(hint: " in message for message in problems.values()), problems
+    assert "without quotes" in problems["crm.timeout_s"]
+
+
+def test_a_missing_section_names_where_to_look():
+    with pytest.raises(ConfigError) as info:
+        parse_config({}, {})
+    assert info.value.problems == [("crm", "required key is missing "
+                                           "(hint: config.example.toml shows crm)")]
+
+
+@pytest.mark.parametrize("url", [
+    f"https://admin:{SECRET}@a.bitrix24.ru/rest/1/abc/",
+    "http://127.0.0.1.example.com/rest/1/abc/",
+    "https://a.bitrix24.ru/rest/1/abc/?debug=1",
+])
+def test_webhook_urls_that_would_leak_or_mislead_are_refused(url):
+    with pytest.raises(ConfigError) as info:
+        parse_config({"crm": {"kind": "bitrix24", "webhook_url": url}}, {})
+    (path, message), = info.value.problems
+    assert path == "crm.webhook_url" and "(hint: " in message
+    assert SECRET not in str(info.value) and "abc" not in str(info.value)
+
+
+def test_a_webhook_url_pasted_with_whitespace_is_accepted_trimmed():
+    config = parse_config({"crm": {"kind": "bitrix24", "webhook_url": "${HOOK}"}},
+                          {"HOOK": f"  https://a.bitrix24.ru/rest/1/{SECRET}/\n"})
+    assert config.crm.webhook_url is not None
+    assert config.crm.webhook_url.get_secret_value() == f"https://a.bitrix24.ru/rest/1/{SECRET}/"
