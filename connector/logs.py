@@ -1,8 +1,9 @@
-"""Logging set-up: one stderr handler whose filter redacts secrets from every record.
+"""Logging set-up: one stderr handler whose formatter redacts secrets from every line.
 
 httpx logs each request URL at INFO — for a Bitrix24 inbound webhook that URL *is*
 the credential — so its loggers are quietened and, as a second line of defence,
-every formatted message passes through :func:`connector.http.redact`.
+every formatted line (message, arguments and traceback) passes through
+:func:`connector.http.redact`.
 """
 
 from __future__ import annotations
@@ -12,27 +13,26 @@ from collections.abc import Iterable
 
 from connector.http import quiet_http_loggers, redact
 
-__all__ = ["RedactingFilter", "configure_logging"]
+__all__ = ["RedactingFormatter", "configure_logging"]
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class RedactingFilter(logging.Filter):
-    """Rewrites each record's message with secrets and credential-looking parts hidden."""
+class RedactingFormatter(logging.Formatter):
+    """Formats a record as usual, then hides secrets anywhere in the resulting text.
 
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
+    Redacting the formatted text rather than rewriting the record leaves the record
+    as it was for any other handler (a test's capture, an embedding application's own
+    logging), so what they see does not depend on the order handlers were added in.
+    """
+
+    def __init__(self, fmt: str = _FORMAT, secrets: Iterable[str] = ()) -> None:
+        super().__init__(fmt)
         self.secrets = tuple(s for s in secrets if s)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Redact the fully formatted message (args included) in place."""
-        message = record.getMessage()
-        record.msg = redact(message, self.secrets)
-        record.args = None
-        if record.exc_info and record.exc_info[1] is not None:
-            # Tracebacks are formatted later from exc_info; keep only the redacted text.
-            record.msg = f"{record.msg}: {redact(str(record.exc_info[1]), self.secrets)}"
-            record.exc_info = None
-            record.exc_text = None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        """The usual text (traceback included) with credentials masked."""
+        return redact(super().format(record), self.secrets)
 
 
 def configure_logging(level: str = "WARNING", secrets: Iterable[str] = ()) -> None:
@@ -43,8 +43,7 @@ def configure_logging(level: str = "WARNING", secrets: Iterable[str] = ()) -> No
             root.removeHandler(handler)
     handler = logging.StreamHandler()
     handler._crm_retention = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter(secrets))
+    handler.setFormatter(RedactingFormatter(secrets=secrets))
     root.addHandler(handler)
     root.setLevel(level.upper())
     quiet_http_loggers()
