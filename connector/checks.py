@@ -39,7 +39,10 @@ def run_checks(config: Config, client: Bitrix24Client) -> Iterator[CheckResult]:
     yield reach
     if not reach.ok:
         return
-    yield from _check_scopes(client)
+    scopes = _check_scopes(client)
+    yield scopes
+    if not scopes.ok and scopes.detail.startswith(_LACKS):
+        return  # every read would fail on the same missing scope
     for method in ("crm.contact.list", "crm.deal.list", "crm.company.list"):
         yield _check_read(client, method)
 
@@ -68,28 +71,42 @@ def _check_reachable(client: Bitrix24Client) -> CheckResult:
     return CheckResult("crm", True, f"reachable as user {who}{admin}")
 
 
-def _check_scopes(client: Bitrix24Client) -> Iterator[CheckResult]:
+def _check_scopes(client: Bitrix24Client) -> CheckResult:
     try:
         scopes = set(client.call("scope").result or [])
     except ConnectorError as exc:
-        yield CheckResult("scopes", False, f"could not list scopes: {exc}")
-        return
+        return CheckResult("scopes", False, f"could not list scopes: {exc}")
     missing_pull = PULL_SCOPES - scopes
     if missing_pull:
-        yield CheckResult("scopes", False, "the webhook lacks scope(s) "
-                          f"{', '.join(sorted(missing_pull))}: tick them in the webhook settings")
-        return
+        return CheckResult("scopes", False, f"{_LACKS} {', '.join(sorted(missing_pull))}: "
+                           "tick them in the webhook settings")
     missing_push = PUSH_SCOPES - scopes
     note = (f"; push will also need {', '.join(sorted(missing_push))}" if missing_push else "")
-    yield CheckResult("scopes", True, f"{', '.join(sorted(scopes))}{note}")
+    return CheckResult("scopes", True, f"{', '.join(sorted(scopes))}{note}")
+
+
+_LACKS = "the webhook lacks scope(s)"
+_SCOPE_CODES = frozenset({"insufficient_scope", "invalid_scope"})
 
 
 def _check_read(client: Bitrix24Client, method: str) -> CheckResult:
     try:
         total = client.count(method)
+    except AuthError as exc:
+        return CheckResult(method, False, f"{exc} — the webhook is wrong or revoked, or its "
+                                          "user lacks the rights to use it")
     except FatalCrmError as exc:
-        return CheckResult(method, False, f"{exc} — the webhook's user needs read access to "
-                                          "this CRM entity (CRM > Settings > Access permissions)")
+        return CheckResult(method, False, f"{exc} — {_read_hint(exc)}")
     except ConnectorError as exc:
         return CheckResult(method, False, str(exc))
     return CheckResult(method, True, f"{total} records visible")
+
+
+def _read_hint(exc: FatalCrmError) -> str:
+    # A missing scope and a missing CRM permission are fixed in different places.
+    if exc.code.casefold() in _SCOPE_CODES:
+        return "the webhook lacks the crm scope: tick it in the webhook settings"
+    if exc.code == "PAYMENT_REQUIRED" or "commercial plan" in str(exc):
+        return "REST needs a commercial plan (or a Market subscription) on this portal"
+    return ("the webhook's user needs read access to this CRM entity "
+            "(CRM > Settings > Access permissions)")
