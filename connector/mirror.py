@@ -17,6 +17,7 @@ The database file is created with mode 0600: it holds other people's customers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 ENTITY_TABLES = ("contacts", "deals", "companies")
+
+log = logging.getLogger("crm_retention.mirror")
 
 migrations = Migrations("crm_retention.mirror")
 
@@ -160,8 +163,11 @@ class Mirror:
         """Open (creating with mode 0600 if needed) and migrate the mirror at ``path``."""
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # A folder we create is private too: the name of the file already says whose
+            # CRM it mirrors. SQLite gives -journal/-wal/-shm files the database's mode.
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            _warn_if_shared(path)
             return cls(Database(path))
         except (OSError, Exception) as exc:
             if isinstance(exc, MirrorError):
@@ -277,8 +283,20 @@ class Mirror:
         sql = f"select count(*) from [{entity}] where deleted_at is null"
         return int(self.db.execute(sql).fetchone()[0])
 
+    def count_known(self, entity: str) -> int:
+        """Live rows plus rejected records, each ID once: what the CRM should count.
+
+        A record mirrored once and rejected later is both a live row and a reject;
+        counting it twice would make every run's count check fail and walk all IDs.
+        """
+        _check_entity(entity)
+        sql = (f"select count(*) from (select id from [{entity}] where deleted_at is null "
+               "union select cast(id as integer) from rejects where entity = ? "
+               "and action = 'rejected' and id != '' and id not glob '*[^0-9]*')")
+        return int(self.db.execute(sql, [entity]).fetchone()[0])
+
     def rejected_ids(self, entity: str) -> set[int]:
-        """IDs rejected outright (so not in the entity table)."""
+        """IDs whose latest version was rejected (an earlier one may still be a live row)."""
         sql = "select id from rejects where entity = ? and action = 'rejected'"
         ids = set()
         for (value,) in self.db.execute(sql, [entity]).fetchall():
@@ -341,6 +359,15 @@ def _decode_row(row: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(decoded.get(column), str):
             decoded[column] = json.loads(decoded[column])
     return decoded
+
+
+def _warn_if_shared(path: Path) -> None:
+    # An existing file keeps the mode its owner chose, but nobody should learn of a
+    # mirror readable by others only when it leaks.
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("mirror %s has mode %o: other users can read it (chmod 600 %s)",
+                    path, mode, path)
 
 
 def _check_entity(entity: str) -> None:

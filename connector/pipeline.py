@@ -113,28 +113,40 @@ def run_sync(
     for source in build_sources(config, client):
         if entities and source.entity not in entities:
             continue
-        expected = _expected_rows(source, mirror) if progress else None
-
-        def hook(entity: str, rows: int, _expected: int | None = expected) -> None:
-            if progress is not None:
-                progress(entity, rows, _expected)
-
         report = sync_entity(
             source, mirror,
             reconcile=config.sync.reconcile,
             full_reconcile_hours=config.sync.full_reconcile_hours,
-            progress=hook,
+            progress=_progress_hook(source, mirror, progress),
         )
         summary.reports.append(report)
     return summary
 
 
-def _expected_rows(source: Bitrix24Source, mirror: Mirror) -> int | None:
-    # Only a first full pull is long enough to deserve an ETA, and only then is one
-    # counted page (one request) worth spending on it.
-    state = mirror.get_state(source.entity)
-    if state.watermark is not None or state.resume_after_id:
+def _progress_hook(
+    source: Bitrix24Source, mirror: Mirror, progress: ProgressHook | None
+) -> Callable[[str, int], None] | None:
+    """Forward page sizes to ``progress`` with the expected total of a first full pull.
+
+    Only a first full pull is long enough to deserve an ETA, and only then is one
+    counted page worth spending on it. It is counted at the first page, inside the
+    entity's run, so the summary's request count includes it.
+    """
+    if progress is None:
         return None
+    state = mirror.get_state(source.entity)
+    fresh = state.watermark is None and not state.resume_after_id
+    expected: list[int | None] = []
+
+    def hook(entity: str, rows: int) -> None:
+        if not expected:
+            expected.append(_count_or_none(source) if fresh else None)
+        progress(entity, rows, expected[0])
+
+    return hook
+
+
+def _count_or_none(source: Bitrix24Source) -> int | None:
     try:
         return source.count()
     except ConnectorError as exc:  # the pull itself will report a real failure

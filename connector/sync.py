@@ -8,8 +8,11 @@ Per entity:
    run is skipped next time. Each page is written in one transaction with a resume
    cursor; a crash and a re-run finish the same run rather than start over.
 2. **Reconcile**: compare the CRM's live count with the mirror's; only when they
-   differ (or a periodic full check is due) walk all IDs and mark the missing ones
-   deleted. An unchanged portal therefore costs two requests per entity.
+   differ (or a periodic full check is due) walk all IDs, mark the missing ones
+   deleted, and re-read IDs the CRM has but the mirror does not hold as live (a
+   record restored from the recycle bin keeps its old ``DATE_MODIFY``, so no delta
+   would ever bring it back). An unchanged portal therefore costs two requests per
+   entity.
 
 The state transitions are pure functions (``begin_run``, ``advance_cursor``,
 ``finish_run``) tested on plain data; :func:`sync_entity` does the I/O around them.
@@ -24,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from connector.errors import ConnectorError, RecordError
+from connector.http import redact
 from connector.mirror import Mirror, Reject, RunCounts, SyncState
 
 __all__ = [
@@ -75,6 +79,10 @@ class EntitySource(Protocol):
 
     def iter_ids(self) -> Iterator[list[int]]:
         """All live IDs, ascending, in chunks."""
+        ...
+
+    def fetch_ids(self, ids: Sequence[int]) -> Iterator[Page]:
+        """Full raw records with these IDs; IDs no longer in the CRM are absent."""
         ...
 
     def map_row(self, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,10 +189,12 @@ def sync_entity(
                 server_time,
             )
     except ConnectorError as exc:
-        report.status, report.error = "failed", str(exc)
+        # Adapters redact their messages; this second pass keeps a credential that
+        # slipped into one out of the mirror file, which outlives any log.
+        report.status, report.error = "failed", redact(str(exc))
         mirror.save_state(replace(mirror.get_state(entity), last_status="failed",
-                                  last_error=str(exc)[:500]))
-        log.error("%s: sync failed: %s", entity, exc)
+                                  last_error=report.error[:500]))
+        log.error("%s: sync failed: %s", entity, report.error)
     _add_request_counts(counts, before, source.stats())
     mirror.record_run(entity, started_at, clock().isoformat(), report.status, counts, report.error)
     return report
@@ -200,16 +210,23 @@ def _pull(
     server_time: str | None = None
     for page in source.pull(state.watermark, state.resume_after_id):
         server_time = server_time or page.server_time
-        rows, rejects = _map_page(source, page.rows)
         last_id = max((_safe_id(r) for r in page.rows), default=state.resume_after_id)
         state = advance_cursor(state, last_id, page.server_time)
-        mirror.write_page(source.entity, rows, rejects, state, seen_at=_now_iso())
-        counts.fetched += len(page.rows)
-        counts.upserted += len(rows)
-        counts.rejected += sum(1 for r in rejects if r.action == "rejected")
+        _store_page(source, mirror, state, counts, page)
         if progress is not None:
             progress(source.entity, len(page.rows))
     return state, server_time
+
+
+def _store_page(
+    source: EntitySource, mirror: Mirror, state: SyncState, counts: RunCounts, page: Page
+) -> None:
+    """Map one page and write it with ``state`` in one transaction; count what happened."""
+    rows, rejects = _map_page(source, page.rows)
+    mirror.write_page(source.entity, rows, rejects, state, seen_at=_now_iso())
+    counts.fetched += len(page.rows)
+    counts.upserted += len(rows)
+    counts.rejected += sum(1 for r in rejects if r.action == "rejected")
 
 
 def _map_page(
@@ -242,14 +259,19 @@ def _reconcile(
 ) -> bool:
     entity = source.entity
     full = reconcile_due(state, mode, every_hours, clock())
-    if not full:
-        expected = mirror.count_live(entity) + len(mirror.rejected_ids(entity))
-        if source.count() == expected:
-            return False
+    if not full and source.count() == mirror.count_known(entity):
+        return False
     server_ids: set[int] = set()
-    for chunk in source.iter_ids():
+    for chunk in source.iter_ids():  # complete or raises: a partial walk marks nothing
         server_ids.update(chunk)
-    gone = (mirror.live_ids(entity) | mirror.rejected_ids(entity)) - server_ids
+    known = mirror.live_ids(entity) | mirror.rejected_ids(entity)
+    back = sorted(server_ids - known)
+    if back:
+        log.info("%s: %d in the CRM but not live in the mirror: re-reading", entity, len(back))
+        for page in source.fetch_ids(back):
+            # the run is finished: these pages leave the cursor and watermark alone
+            _store_page(source, mirror, state, counts, page)
+    gone = known - server_ids
     deleted_at = server_time or clock().isoformat()
     state = replace(state, last_full_reconcile_at=clock().isoformat())
     counts.deleted += mirror.mark_deleted(entity, gone, deleted_at, state)

@@ -23,8 +23,11 @@ __all__ = [
     "PagingError",
     "as_php_map",
     "encode_php_query",
+    "id_params",
     "keyset_params",
+    "plan_id_batch",
     "plan_keyset_batch",
+    "read_id_batch",
     "read_keyset_batch",
     "read_keyset_page",
 ]
@@ -203,3 +206,49 @@ def read_keyset_page(result: Any, after_id: int) -> KeysetStep:
     rows = _page_rows(result, "page")
     last_id = _check_ascending(rows, after_id)
     return KeysetStep(rows, last_id, len(rows) < PAGE_SIZE)
+
+
+# -- records by ID ----------------------------------------------------------------------
+
+
+def id_params(select: Sequence[str], ids: Sequence[int]) -> dict[str, Any]:
+    """Parameters of one page holding the records with these IDs (≤ 50, no COUNT)."""
+    if not 1 <= len(ids) <= PAGE_SIZE:
+        raise ValueError(f"one page holds 1..{PAGE_SIZE} IDs, not {len(ids)}")
+    return {
+        "order": {"ID": "ASC"},
+        "filter": {"@ID": [int(i) for i in ids]},
+        "select": list(select),
+        "start": -1,
+    }
+
+
+def plan_id_batch(
+    method: str, *, select: Sequence[str], id_chunks: Sequence[Sequence[int]],
+    key_prefix: str = "i",
+) -> dict[str, str]:
+    """Command key → ``"method?query"``, one ``@ID`` page per chunk (no chaining)."""
+    if not 1 <= len(id_chunks) <= MAX_BATCH:
+        raise ValueError(f"a batch holds 1..{MAX_BATCH} commands, not {len(id_chunks)}")
+    if not key_prefix or key_prefix[0].isdigit() or not key_prefix.isidentifier():
+        raise ValueError(f"key_prefix must be a non-numeric identifier, not {key_prefix!r}")
+    return {f"{key_prefix}{index}": f"{method}?{encode_php_query(id_params(select, chunk))}"
+            for index, chunk in enumerate(id_chunks)}
+
+
+def read_id_batch(
+    batch_result: Mapping[str, Any], keys: Sequence[str]
+) -> tuple[list[dict[str, Any]], Mapping[str, Any] | None]:
+    """Rows of every command of an ``@ID`` batch, or the first command's error.
+
+    On an error no rows are returned: the caller retries (or fails) the whole batch,
+    which re-reads the same IDs, rather than keep half of it.
+    """
+    results = as_php_map(batch_result.get("result"))
+    errors = as_php_map(batch_result.get("result_error"))
+    rows: list[dict[str, Any]] = []
+    for key in keys:
+        if key in errors or key not in results:
+            return [], _error_payload(errors.get(key), key)
+        rows.extend(_page_rows(results[key], key))
+    return rows, None

@@ -66,6 +66,10 @@ class Bitrix24Source:
         for page in self.client.list_keyset(self.spec.method, select=("ID",), filter={}):
             yield [int(row["ID"]) for row in page.rows]
 
+    def fetch_ids(self, ids: Sequence[int]) -> Iterator[Page]:
+        """The full records with these IDs (those gone since are absent), ≤ 500 a request."""
+        return self.client.list_by_ids(self.spec.method, select=self.select, ids=ids)
+
     def map_row(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Raw record → mirror row (raises RecordError)."""
         return self.spec.mapper(raw)

@@ -1,4 +1,5 @@
 import json
+import logging
 import stat
 
 import pytest
@@ -93,3 +94,43 @@ def test_raw_json_round_trips_unicode():
                       seen_at="t")
     stored = mirror.db.execute("select raw from contacts").fetchone()[0]
     assert json.loads(stored) == {"NAME": "Пётр"} and "Пётр" in stored
+
+
+def test_a_folder_it_creates_is_private_too(tmp_path):
+    Mirror.open(tmp_path / "new" / "m.db").close()
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+
+
+def test_journal_files_share_the_private_mode(tmp_path):
+    mirror = Mirror.open(tmp_path / "m.db")
+    mirror.db.execute("PRAGMA journal_mode=WAL")
+    mirror.write_page("contacts", [contact_row(1)], [], SyncState("contacts"), seen_at="t")
+    side = [p for p in tmp_path.iterdir() if p.name != "m.db"]
+    assert side, "the WAL files exist while the connection is open"
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in side)
+    mirror.close()
+
+
+def test_an_existing_mirror_readable_by_others_is_warned_about(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="crm_retention.mirror")
+    path = tmp_path / "m.db"
+    Mirror.open(path).close()
+    path.chmod(0o644)
+    Mirror.open(path).close()
+    assert "other users can read it" in caplog.text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644, "the owner's choice is not overridden"
+
+
+def test_count_known_counts_a_live_row_that_is_also_rejected_once():
+    mirror = Mirror.memory()
+    state = SyncState("contacts")
+    mirror.write_page("contacts", [contact_row(1), contact_row(2)], [], state, seen_at="t")
+    # 2 was mirrored, then came back broken; 3 was never mirrored
+    mirror.write_page("contacts", [], [Reject("contacts", "2", "bad", {"ID": "2"}),
+                                       Reject("contacts", "3", "bad", {"ID": "3"})],
+                      state, seen_at="t")
+    mirror.write_page("contacts", [], [Reject("contacts", "4", "note", {"ID": "4"},
+                                              action="kept")], state, seen_at="t")
+    assert mirror.count_known("contacts") == 3
+    mirror.mark_deleted("contacts", [1], "2024-06-01T00:00:00+03:00", state)
+    assert mirror.count_known("contacts") == 2

@@ -303,3 +303,38 @@ def test_secret_never_reaches_logs_or_the_mirror_over_loopback(tmp_path, caplog)
     assert SECRET.encode() not in (tmp_path / "m.db").read_bytes()
     mirror = Mirror.open(tmp_path / "m.db")
     assert_mirror_equals_portal(mirror, portal)
+
+
+def test_the_summary_counts_every_request_the_sync_made_even_for_the_progress_bar() -> None:
+    portal = small_portal(seed=13)
+    emulator = emulator_for(portal)
+    client = make_client(emulator)
+    seen: list[tuple[str, int, int | None]] = []
+    config = make_config(emulator.webhook_url("https://portal.test"))
+    summary = run_sync(config, Mirror.memory(), client,
+                       progress=lambda entity, rows, total: seen.append((entity, rows, total)))
+    assert summary.ok
+    assert summary.totals()["requests"] == client.stats.requests == emulator.stats.requests
+    deals = [total for entity, _, total in seen if entity == "deals"]
+    assert deals and set(deals) == {len(portal.records("deal"))}, "a first pull has an ETA"
+
+
+def test_a_deal_restored_with_its_old_date_modify_is_read_back_by_id() -> None:
+    portal = small_portal(seed=14)
+    emulator = emulator_for(portal)
+    mirror = Mirror.memory()
+    client = make_client(emulator)
+    sync_once(emulator, mirror, client)
+    deal_id = sorted(portal.records("deal"))[77]
+    contact_id = sorted(portal.records("contact"))[3]
+    saved = portal.records("deal")[deal_id]
+    portal.delete("deal", deal_id)
+    portal.delete("contact", contact_id)
+    assert sync_once(emulator, mirror, client).totals()["deleted"] == 2
+    portal.put_raw("deal", saved)  # back from the recycle bin: same ID, same DATE_MODIFY
+    summary = sync_once(emulator, mirror, client)
+    assert summary.ok
+    assert_mirror_equals_portal(mirror, portal)
+    contact = next(r for r in mirror.rows("contacts", include_deleted=True)
+                   if r["id"] == contact_id)
+    assert contact["deleted_at"] is not None, "a deleted contact stays, marked"

@@ -250,6 +250,16 @@ def test_a_429_in_a_batch_with_no_rows_waits_for_the_reset_and_retries_the_same_
     assert client.stats.http_429 == 1 and client.stats.retries == 1
 
 
+def test_a_method_blocked_mid_batch_is_one_limit_hit_not_one_per_command():
+    blocked = {"error": "OPERATION_TIME_LIMIT", "error_description": "blocked"}
+    errors = {f"p{i}": blocked for i in range(1, 50)}  # everything after p0 was refused
+    client, _, _ = client_for([ok(rows(1, 50)), batch_ok({"p0": rows(51, 50)}, errors=errors),
+                               batch_ok({"p0": rows(101, 1)})])
+    pages = list(client.list_keyset("crm.deal.list", select=["ID"]))
+    assert sum(len(p.rows) for p in pages) == 101
+    assert client.stats.http_429 == 1 and client.stats.limit_hits == 1
+
+
 def test_ids_going_backwards_are_a_fatal_paging_error():
     client, _, _ = client_for([ok(rows(1, 50)), batch_ok({"p0": rows(10, 50)})])
     with pytest.raises(PagingError, match=r"crm\.deal\.list.*backwards") as info:
@@ -263,6 +273,68 @@ def test_slow_pages_mean_fewer_pages_per_batch():
     list(client.list_keyset("crm.deal.list", select=["ID"]))
     # a batch stays within a tenth of the budget (48 s of 480): inside the 60 s timeout
     assert len(portal.body(1)["cmd"]) == 24
+
+
+@pytest.mark.parametrize(
+    ("date_start", "bound"),
+    [
+        ("2027-01-15T10:00:00+03:00", "2027-01-15T10:00:00+03:00"),
+        # DATE_MODIFY has whole seconds: a fractional bound would skip 10:00:00.x changes
+        ("2027-01-15T10:00:00.750+03:00", "2027-01-15T10:00:00+03:00"),
+        ("2027-01-15T07:00:00Z", "2027-01-15T07:00:00+00:00"),
+        ("2027-01-15T10:00:00", None),  # no offset: ambiguous on the server, not a bound
+        ("soon", None),
+    ],
+)
+def test_the_server_clock_of_a_page_is_a_whole_second_with_an_offset(date_start, bound):
+    client, _, _ = client_for([(200, {"result": rows(1, 2),
+                                      "time": {**TIME, "date_start": date_start}})])
+    (page,) = client.list_keyset("crm.deal.list", select=["ID"])
+    assert page.server_time == bound
+
+
+# -- records by ID ------------------------------------------------------------------------------
+
+
+def id_filters(body: dict) -> dict[str, list[int]]:
+    """Command key -> the IDs of its @ID filter."""
+    return {key: [int(v) for k, v in parse_qsl(cmd.partition("?")[2])
+                  if k.startswith("filter[@ID]")]
+            for key, cmd in body["cmd"].items()}
+
+
+def test_list_by_ids_sends_fifty_ids_a_command_and_ten_commands_a_batch():
+    wanted = list(range(1, 1_202))  # 1,201 IDs: 25 commands of 50, the last of 1
+    first = batch_ok({f"i{k}": rows(1 + 50 * k, 50) for k in range(10)})
+    second = batch_ok({f"i{k}": rows(501 + 50 * k, 50) for k in range(10)})
+    third = batch_ok({"i0": rows(1_001, 50), "i1": rows(1_051, 50), "i2": rows(1_101, 50),
+                      "i3": rows(1_151, 50), "i4": rows(1_201, 1)})
+    client, portal, _ = client_for([first, second, third])
+    pages = list(client.list_by_ids("crm.deal.list", select=["ID", "TITLE"],
+                                    ids=wanted[::-1]))
+    assert [len(p.rows) for p in pages] == [500, 500, 201]
+    sent = [id_filters(portal.body(i)) for i in range(3)]
+    assert [len(s) for s in sent] == [10, 10, 5]
+    assert [i for s in sent for ids in s.values() for i in ids] == wanted
+    assert "start=-1" in portal.body(0)["cmd"]["i0"]
+
+
+def test_list_by_ids_retries_the_whole_batch_on_a_command_error():
+    limit = {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"}
+    client, portal, _ = client_for([batch_ok({"i0": rows(1, 2)}, errors={"i1": limit}),
+                                    batch_ok({"i0": rows(1, 2), "i1": rows(208, 1)})])
+    ids = [1, 2, *range(60, 100), *range(200, 210)]  # 52 IDs: two commands
+    (page,) = client.list_by_ids("crm.deal.list", select=["ID"], ids=ids)
+    assert [r["ID"] for r in page.rows] == ["1", "2", "208"], "gone IDs are simply absent"
+    assert portal.body(0)["cmd"] == portal.body(1)["cmd"] and client.stats.retries == 1
+
+
+def test_list_by_ids_raises_a_fatal_command_error():
+    denied = {"error": "", "error_description": "Access denied."}
+    client, portal, _ = client_for([batch_ok({}, errors={"i0": denied})])
+    with pytest.raises(FatalCrmError, match="Access denied"):
+        list(client.list_by_ids("crm.deal.list", select=["ID"], ids=[5]))
+    assert len(portal.requests) == 1
 
 
 # -- retries and limits -------------------------------------------------------------------------

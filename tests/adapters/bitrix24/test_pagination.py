@@ -8,7 +8,10 @@ from adapters.bitrix24.pagination import (
     PagingError,
     as_php_map,
     encode_php_query,
+    id_params,
+    plan_id_batch,
     plan_keyset_batch,
+    read_id_batch,
     read_keyset_batch,
     read_keyset_page,
 )
@@ -167,3 +170,31 @@ def test_php_maps_normalise():
     assert as_php_map([{"a": 1}, {"b": 2}]) == {"0": {"a": 1}, "1": {"b": 2}}
     assert as_php_map({"x": 1, 2: "y"}) == {"x": 1, "2": "y"}
     assert as_php_map(None) == {}
+
+
+# -- records by ID -------------------------------------------------------------------------
+
+
+def test_id_batch_plan_has_one_unchained_in_page_per_chunk():
+    plan = plan_id_batch("crm.deal.list", select=["ID", "TITLE"], id_chunks=[[3, 5], [80]])
+    assert list(plan) == ["i0", "i1"]
+    fields = parse_qsl(plan["i0"].partition("?")[2])
+    assert ("filter[@ID][0]", "3") in fields and ("filter[@ID][1]", "5") in fields
+    assert ("start", "-1") in fields and ("order[ID]", "ASC") in fields
+    assert "$result" not in plan["i1"] and "filter%5B%40ID%5D%5B0%5D=80" in plan["i1"]
+
+
+@pytest.mark.parametrize("ids", [[], list(range(51))])
+def test_an_id_page_holds_one_to_fifty_ids(ids):
+    with pytest.raises(ValueError):
+        id_params(["ID"], ids)
+
+
+def test_id_batch_read_concatenates_pages_or_reports_the_first_error():
+    results = {"i0": page(1, 2), "i1": page(9, 1)}
+    assert read_id_batch(batch(results), ["i0", "i1"]) == (page(1, 2) + page(9, 1), None)
+    denied = {"error": "", "error_description": "Access denied."}
+    rows, error = read_id_batch(batch({"i0": page(1, 2)}, {"i1": denied}), ["i0", "i1"])
+    assert rows == [] and error == denied, "no half batch: the caller re-reads all of it"
+    rows, error = read_id_batch(batch({"i0": page(1, 2)}), ["i0", "i1"])
+    assert rows == [] and error is not None, "a command with no answer is not an empty page"
