@@ -11,17 +11,22 @@ matters at millions of deals.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, fields
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import partial
 from itertools import compress
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 from sqlite_utils import Database
 
 from connector.mirror import Mirror
+from connector.parallel import can_fork, start_forked
+from connector.rules_store import mirror_file, store_result
 from rules.columns import (
     Codes,
     DealColumns,
@@ -37,13 +42,10 @@ from rules.engine import compute_columns
 from rules.models import (
     Company,
     Contact,
-    CustomerState,
     Deal,
     DealStatus,
     LedgerEntry,
     LedgerKind,
-    Metrics,
-    RowSequence,
     RulesResult,
 )
 
@@ -55,10 +57,17 @@ __all__ = [
     "load_previous_ledger",
     "load_record_columns",
     "run_rules",
-    "store_result",
 ]
 
-_BATCH = 20_000  # rows per executemany / fetchmany: bounded memory, few round trips
+_BATCH = 20_000  # rows per fetchmany: bounded memory, few round trips
+
+
+class MirrorReader(Protocol):
+    """What the loaders need: a mirror, or a read-only connection in a child process."""
+
+    @property
+    def db(self) -> Database:
+        """The sqlite-utils database to read from."""
 
 
 def _moment(text: str | None) -> datetime | None:
@@ -237,7 +246,7 @@ def _deal_sql(config: RulesConfig, custom: list[str]) -> tuple[str, list[Any]]:
     return sql, [config.purchases.currency, *cats]
 
 
-def load_deal_columns(mirror: Mirror, config: RulesConfig) -> DealColumns:
+def load_deal_columns(mirror: MirrorReader, config: RulesConfig) -> DealColumns:
     """Every deal (deleted ones included) as ``rules`` columns, without Deal objects.
 
     In contact mode ``company_id`` is not read (-1): only company mode uses it.
@@ -277,7 +286,7 @@ def _channels(phones: str | None, emails: str | None, region: str) -> tuple[bool
                         json.loads(emails) if emails and emails != "[]" else (), region)
 
 
-def load_record_columns(mirror: Mirror, table: str, config: RulesConfig) -> RecordColumns:
+def load_record_columns(mirror: MirrorReader, table: str, config: RulesConfig) -> RecordColumns:
     """Contacts or companies (deleted included) as ``rules`` columns."""
     if table == "contacts":
         sql = ("select id, deleted_at is not null, phones, emails, "
@@ -339,8 +348,24 @@ class _StoredEarns:
                 for c, d in wanted]
 
 
-def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:
-    """The stored ledger of ``kind`` customers, earns as columns (fetched in full on demand)."""
+@dataclass(frozen=True)
+class _PreviousColumns:
+    """The stored ledger as plain data (picklable: it may come from a child process)."""
+
+    customers: npt.NDArray[np.int64]
+    deals: npt.NDArray[np.int64]
+    points: npt.NDArray[np.int64]
+    others: list[LedgerEntry]
+
+    def ledger(self, mirror: Mirror) -> PreviousLedger:
+        """As the engine reads it; earns that vanished are fetched from ``mirror``."""
+        return PreviousLedger(earn_customer=self.customers, earn_deal=self.deals,
+                              earn_points=self.points,
+                              earn_entries=_StoredEarns(mirror, self.customers, self.deals),
+                              others=self.others)
+
+
+def _previous_columns(mirror: MirrorReader, kind: str) -> _PreviousColumns:
     sql = ("select customer_id, coalesce(deal_id, -1), points from points_ledger "
            "where customer_kind = ? and kind = 'earn'")
     cursor = mirror.db.execute(sql, [kind])
@@ -348,102 +373,50 @@ def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:
     others = mirror.db.execute(
         f"select {_LEDGER_COLUMNS} from points_ledger where customer_kind = ? "
         "and kind in ('bonus', 'redeem', 'reversal')", [kind]).fetchall()
-    customers, deals = earns["customer"].copy(), earns["deal"].copy()
-    points = earns["points"].copy()
-    del earns
-    return PreviousLedger(earn_customer=customers, earn_deal=deals, earn_points=points,
-                          earn_entries=_StoredEarns(mirror, customers, deals),
-                          others=[_entry(r) for r in others])
+    return _PreviousColumns(earns["customer"].copy(), earns["deal"].copy(),
+                            earns["points"].copy(), [_entry(r) for r in others])
 
 
-# -- writing ----------------------------------------------------------------------------
-
-_STATE_FIELDS = [f.name for f in fields(CustomerState)]
-_LEDGER_FIELDS = ["entry_key", "customer_id", "kind", "deal_id", "points", "at",
-                  "tier_at_purchase", "reason"]
+def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:
+    """The stored ledger of ``kind`` customers, earns as columns (fetched in full on demand)."""
+    return _previous_columns(mirror, kind).ledger(mirror)
 
 
-def _columns(rows: Sequence[Any], lo: int, hi: int) -> dict[str, list[Any]]:
-    """Rows lo:hi field by field; the engine's RowSequence does it without objects."""
-    if isinstance(rows, RowSequence):
-        return rows.columns(lo, hi)
-    picked = list(rows[lo:hi])
-    return {f.name: [getattr(r, f.name) for r in picked] for f in fields(picked[0])}
+@dataclass(frozen=True)
+class _Reader:
+    """A read-only connection shaped like a mirror, for the loaders."""
+
+    db: Database
 
 
-def _memo(convert: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]]:
-    """Apply ``convert`` to a column, once per distinct value (dates, tier perks...)."""
-    def apply(values: list[Any]) -> list[Any]:
-        done: dict[Any, Any] = {}
-        return [done[v] if v in done else done.setdefault(v, convert(v)) for v in values]
-    return apply
+def _read_side(path: Path, config: RulesConfig, kind: str
+               ) -> tuple[RecordColumns, RecordColumns, _PreviousColumns]:
+    """Contacts, companies and the previous ledger, read through a connection of its own."""
+    reader = _Reader(Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True)))
+    try:
+        return (load_record_columns(reader, "contacts", config),
+                load_record_columns(reader, "companies", config),
+                _previous_columns(reader, kind))
+    finally:
+        reader.db.conn.close()
 
 
-def _iso_text(day: date | None) -> str | None:
-    return day.isoformat() if day is not None else None
-
-
-def _json_text(values: tuple[str, ...]) -> str:
-    return json.dumps(values, ensure_ascii=False)
-
-
-_iso_days = _memo(_iso_text)
-_json_tuples = _memo(_json_text)
-
-
-def _state_rows(states: Sequence[CustomerState], computed_at: str
-                ) -> Iterator[tuple[Any, ...]]:
-    """``customer_state`` rows, built a chunk of columns at a time."""
-    for lo in range(0, len(states), _BATCH):
-        cols = _columns(states, lo, lo + _BATCH)
-        for name in ("first_purchase", "last_purchase"):
-            cols[name] = _iso_days(cols[name])
-        for name in ("channels", "perks"):
-            cols[name] = _json_tuples(cols[name])
-        cols["churn_reasons"] = [_json_text(r) if r else "[]" for r in cols["churn_reasons"]]
-        cols["computed_at"] = [computed_at] * len(cols["customer_id"])
-        yield from zip(*(cols[name] for name in (*_STATE_FIELDS, "computed_at")), strict=True)
-
-
-def _ledger_rows(ledger: Sequence[LedgerEntry], kind: str) -> Iterator[tuple[Any, ...]]:
-    """``points_ledger`` rows, built a chunk of columns at a time."""
-    for lo in range(0, len(ledger), _BATCH):
-        cols = _columns(ledger, lo, lo + _BATCH)
-        cols["at"] = _iso_days(cols["at"])
-        cols["customer_kind"] = [kind] * len(cols["at"])
-        yield from zip(*(cols[name] for name in (*_LEDGER_FIELDS, "customer_kind")),
-                       strict=True)
-
-
-def _insert_many(mirror: Mirror, sql: str, rows: Iterable[tuple[Any, ...]]) -> None:
-    # executemany consumes the generator lazily, so a million rows are never in memory.
-    mirror.db.conn.executemany(sql, rows)
-
-
-def _metrics_json(metrics: Metrics) -> str:
-    return json.dumps(asdict(metrics), ensure_ascii=False, default=str)
-
-
-def store_result(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime,
-                 computed_at: str) -> None:
-    """Replace states and ledger with ``result`` and append a metrics snapshot — atomically."""
-    state_marks = ",".join("?" * 25)
-    with mirror.db.atomic():
-        mirror.db.execute("delete from customer_state")
-        _insert_many(mirror, f"insert into customer_state values ({state_marks})",
-                     _state_rows(result.states, computed_at))
-        # The ledger is derived (reversals included): the table is exactly this run's.
-        mirror.db.execute("delete from points_ledger")
-        _insert_many(mirror, f"insert into points_ledger ({', '.join(_LEDGER_FIELDS)}, "
-                     "customer_kind) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                     _ledger_rows(result.ledger, kind))
-        m = result.metrics
-        mirror.db.execute(
-            "insert into metric_snapshots (computed_at, as_of, customer_kind, period_start, "
-            "period_end, metrics, notes) values (?, ?, ?, ?, ?, ?, ?)",
-            [computed_at, as_of.isoformat(), kind, m.period_start.isoformat(),
-             m.period_end.isoformat(), _metrics_json(m),
-             json.dumps(result.notes, ensure_ascii=False)])
+def _load_all(mirror: Mirror, config: RulesConfig, kind: str) -> list[Any]:
+    """[contacts, deals, companies, previous ledger]; on a file mirror the biggest read,
+    the deal scan, runs here while a forked child reads the rest (each read is GIL-bound
+    Python work, so threads could not overlap them)."""
+    path = mirror_file(mirror)
+    side = (start_forked(partial(_read_side, path, config, kind),
+                         "reading contacts and the previous ledger")
+            if path is not None and can_fork() else None)
+    deals = load_deal_columns(mirror, config)
+    if side is not None:
+        contacts, companies, previous = side.result()
+    else:
+        contacts = load_record_columns(mirror, "contacts", config)
+        companies = load_record_columns(mirror, "companies", config)
+        previous = _previous_columns(mirror, kind)
+    return [contacts, deals, companies, previous.ledger(mirror)]
 
 
 def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = None,
@@ -456,13 +429,12 @@ def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = N
     now = datetime.now(UTC)
     as_of = as_of or now
     kind = config.customer.kind
-    previous = load_previous_columns(mirror, kind)
-    # The columns go straight into the call, unnamed here, so compute_columns holds the
-    # only reference and can free them once its purchase history is built.
-    result = compute_columns(load_record_columns(mirror, "contacts", config),
-                             load_deal_columns(mirror, config),
-                             load_record_columns(mirror, "companies", config),
-                             config, as_of, previous)
+    inputs = _load_all(mirror, config, kind)
+    previous = inputs.pop()
+    # Popped straight into the call, so compute_columns holds the only references to the
+    # raw columns and can free them once its purchase history is built.
+    result = compute_columns(inputs.pop(0), inputs.pop(0), inputs.pop(0), config, as_of,
+                             previous)
     if store:
         store_result(mirror, result, kind, as_of, now.isoformat(timespec="seconds"))
     return result

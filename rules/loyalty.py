@@ -19,9 +19,9 @@ through the sequential lot walk (``rules.lots``).  Point arithmetic lives in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -31,6 +31,7 @@ import numpy.typing as npt
 from rules.columns import PreviousLedger
 from rules.config import BonusRule, LoyaltyConfig
 from rules.history import BoolArray, IntArray, PurchaseHistory
+from rules.ledger_rows import LedgerRows
 from rules.lots import (
     PHASE_DEAL,
     PHASE_EXPIRE,
@@ -453,77 +454,12 @@ def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
     thresholds = np.array([t.min_purchases for t in b.cfg.tiers] + [-1], dtype=np.int64)
     nxt = thresholds[tier + 1]
     to_next = np.where(nxt >= 0, nxt - count, -1)
-    rows = RowSequence(len(source), _row_maker(b, earns, source, index),
-                       _column_maker(b, earns, source, index))
-    return Ledger(rows, balance.astype(np.int64), tier,
-                  to_next.astype(np.int64), tuple(b.notes))
-
-
-def _row_maker(b: _LedgerBuilder, earns: _Earns, source: npt.NDArray[np.int8],
-               index: IntArray) -> Callable[[int], LedgerEntry]:
-    h, ids, extras, days = b.h, b.ids, b.extras, b.cfg.expiry_days
-    reasons = {(t, bd): b.earn_reason(t, bd) for t in range(len(b.cfg.tiers))
-               for bd in (False, True)}
-    tiers = b.tier_names
-
-    def make_row(i: int) -> LedgerEntry:
-        kind, pos = int(source[i]), int(index[i])
-        if kind == 2:
-            return extras[pos]
-        deal, points = int(h.deal_id[pos]), int(earns.points[pos])
-        customer = int(ids[h.cust[pos]])
-        if kind == 0:
-            tier = int(earns.tier[pos])
-            return LedgerEntry(customer, "earn", deal, points,
-                               date.fromordinal(int(h.day[pos])), tiers[tier],
-                               reasons[(tier, bool(earns.birthday[pos]))], f"earn:deal:{deal}")
-        return LedgerEntry(customer, "expire", None, -points,
-                           date.fromordinal(int(h.day[pos])) + timedelta(days=days), None,
-                           f"points expired after {days} days", f"expire:earn:deal:{deal}")
-
-    return make_row
-
-
-def _column_maker(b: _LedgerBuilder, earns: _Earns, source: npt.NDArray[np.int8],
-                  index: IntArray) -> Callable[[int, int], dict[str, list[Any]]]:
-    """``make_row`` for a range, field by field: vector earns/expiries, then the extras."""
-    h, ids, extras, days = b.h, b.ids, b.extras, b.cfg.expiry_days
-    reasons = [b.earn_reason(t, bd) for t in range(len(b.cfg.tiers)) for bd in (False, True)]
-    tiers = b.tier_names
-    expired = f"points expired after {days} days"
-    memo: dict[int, date] = {}
-
-    def make_columns(lo: int, hi: int) -> dict[str, list[Any]]:
-        src, idx = source[lo:hi], index[lo:hi]
-        pos = np.where(src < 2, idx, 0)  # extras index into b.extras, not the history
-
-        def take(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
-            # with no purchases at all every row is an extra: nothing to index
-            return values[pos] if len(values) else np.zeros(len(pos), dtype=values.dtype)
-
-        earn = (src == 0).tolist()
-        deal, points = take(h.deal_id).tolist(), take(earns.points).tolist()
-        # extras get a placeholder day (1) until their own values overwrite the row
-        day = np.where(src < 2, take(h.day) + np.where(src == 1, days, 0), 1).tolist()
-        reason = (take(earns.tier) * 2 + take(earns.birthday)).tolist()
-        out: dict[str, list[Any]] = {
-            "customer_id": ids[take(h.cust)].tolist(),
-            "kind": ["earn" if e else "expire" for e in earn],
-            "deal_id": [d if e else None for d, e in zip(deal, earn, strict=True)],
-            "points": [p if e else -p for p, e in zip(points, earn, strict=True)],
-            "at": [memo[d] if d in memo else memo.setdefault(d, date.fromordinal(d))
-                   for d in day],
-            "tier_at_purchase": [tiers[r >> 1] if e else None
-                                 for r, e in zip(reason, earn, strict=True)],
-            "reason": [reasons[r] if e else expired for r, e in zip(reason, earn, strict=True)],
-            "entry_key": [f"earn:deal:{d}" if e else f"expire:earn:deal:{d}"
-                          for d, e in zip(deal, earn, strict=True)],
-        }
-        for i, extra in zip(np.flatnonzero(src == 2).tolist(), idx[src == 2].tolist(),
-                            strict=True):
-            entry = extras[extra]
-            for name, values in out.items():
-                values[i] = getattr(entry, name)
-        return out
-
-    return make_columns
+    view = LedgerRows(
+        source=source, index=index, customer_ids=b.ids, cust=h.cust, day=h.day,
+        deal_id=h.deal_id, points=earns.points, tier=earns.tier, birthday=earns.birthday,
+        tier_names=b.tier_names,
+        reasons=tuple(b.earn_reason(t, bd) for t in range(len(b.cfg.tiers))
+                      for bd in (False, True)),
+        expiry_days=b.cfg.expiry_days, extras=b.extras)
+    return Ledger(RowSequence(len(view), view.row, view.columns), balance.astype(np.int64),
+                  tier, to_next.astype(np.int64), tuple(b.notes))

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from connector import rules_io
+from connector import rules_store
+from connector.errors import MirrorError
 from connector.mirror import Mirror, SyncState
+from connector.parallel import can_fork
 from connector.rules_io import load_inputs, run_rules
 from rules.config import CustomerConfig, RulesConfig
 from rules.engine import compute
@@ -72,9 +74,9 @@ def table(mirror: Mirror, name: str, skip: tuple[str, ...] = ()) -> list[dict[st
             for row in cursor.fetchall()]
 
 
-def balance(mirror: Mirror, customer_id: int) -> int:
-    row = mirror.db.execute("select points_balance from customer_state where customer_id = ?",
-                            [customer_id]).fetchone()
+def balance(mirror: Mirror, customer_id: int, kind: str = "contact") -> int:
+    row = mirror.db.execute("select points_balance from customer_state where customer_id = ? "
+                            "and customer_kind = ?", [customer_id, kind]).fetchone()
     return int(row[0])
 
 
@@ -166,14 +168,35 @@ def test_company_mode_reaches_companies_through_their_deals_contacts() -> None:
         ("earn:deal:20", 100, "company", 300)]
 
 
+def ledger_of(mirror: Mirror, kind: str) -> list[tuple[str, int, int]]:
+    return [(e["entry_key"], e["customer_id"], e["points"])
+            for e in table(mirror, "points_ledger") if e["customer_kind"] == kind]
+
+
 def test_a_contact_ledger_is_not_read_as_a_company_ledger() -> None:
     mirror = shop()
     write(mirror, "companies", [company(1)])
     run_rules(mirror, RulesConfig(), as_of=AS_OF)  # contact 1 earns on deals 10 and 11
+    contact_ledger = ledger_of(mirror, "contact")
     run_rules(mirror, RulesConfig(customer=CustomerConfig(kind="company")), as_of=AS_OF)
     # company 1 never bought: contact 1's earns must not be carried and reversed onto it
-    assert table(mirror, "points_ledger") == []
-    assert balance(mirror, 1) == 0
+    assert ledger_of(mirror, "company") == []
+    assert balance(mirror, 1, "company") == 0
+    # ...and the contact ledger is kept for when contacts are the customers again
+    assert ledger_of(mirror, "contact") == contact_ledger
+
+
+def test_switching_kind_and_back_still_reverses_what_changed_meanwhile() -> None:
+    mirror = shop()
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    assert balance(mirror, 1) == 150
+    run_rules(mirror, RulesConfig(customer=CustomerConfig(kind="company")), as_of=AS_OF)
+    mirror.mark_deleted("deals", [11], "2025-03-02T09:00:00+03:00", SyncState("deals"))
+    run_rules(mirror, RulesConfig(), as_of=LATER)
+    # deal 11 (2,000 on the birthday: 3 % x 2 = 120 points) is reversed exactly once
+    assert ledger_of(mirror, "contact") == [("earn:deal:10", 1, 30), ("earn:deal:11", 1, 120),
+                                            ("reversal:earn:deal:11", 1, -120)]
+    assert balance(mirror, 1) == 30
 
 
 def test_store_false_writes_nothing() -> None:
@@ -189,13 +212,13 @@ def test_a_failure_while_storing_keeps_the_previous_results(monkeypatch: Any) ->
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
     before = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
 
-    real = rules_io._ledger_rows
+    real = rules_store._ledger_rows
 
     def boom(*args: Any) -> Iterator[tuple[Any, ...]]:
         yield next(real(*args))  # some rows are already written when it fails
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(rules_io, "_ledger_rows", boom)
+    monkeypatch.setattr(rules_store, "_ledger_rows", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         run_rules(mirror, RulesConfig(), as_of=LATER)
     after = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
@@ -255,3 +278,60 @@ def test_the_column_reader_matches_the_record_reader(kind: str, on_disk: bool,
         keys = {e.entry_key for e in via_columns.ledger}
         assert {"bonus:UF_CRM_REVIEW:deal:31", "redeem:deal:31", "earn:deal:32",
                 "expire:earn:deal:39"} <= keys
+
+
+def many_buyers(mirror: Mirror, n: int = 300) -> Mirror:
+    write(mirror, "contacts", [contact(i, birthday="1990-02-10" if i % 7 == 0 else None)
+                               for i in range(1, n + 1)])
+    write(mirror, "deals", [
+        deal(1000 + k, 1 + k % n, f"2025-0{1 + k % 2}-{10 + k % 18:02d}T12:00:00+03:00",
+             100.0 + k, status="lost" if k % 11 == 0 else "won",
+             UF_CRM_POINTS_SPENT="5" if k % 13 == 0 else "")
+        for k in range(4 * n)])
+    return mirror
+
+
+def stored(mirror: Mirror) -> list[list[dict[str, Any]]]:
+    return [table(mirror, "customer_state", skip=("computed_at",)),
+            table(mirror, "points_ledger"),
+            table(mirror, "metric_snapshots", skip=("id", "computed_at"))]
+
+
+@pytest.mark.skipif(not can_fork(), reason="fork is not available here")
+def test_forked_reading_and_staged_ledger_store_equal_the_serial_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)  # always stage
+    forked = many_buyers(Mirror.open(tmp_path / "forked.db"))
+    run_rules(forked, RulesConfig(), as_of=AS_OF)
+    mirror_deals = forked.db.execute("select count(*) from deals").fetchone()[0]
+    forked.mark_deleted("deals", [1005, 1010], "2025-03-02T09:00:00+03:00", SyncState("deals"))
+    run_rules(forked, RulesConfig(), as_of=LATER)  # with a previous ledger to read back
+    monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
+    serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
+    run_rules(serial, RulesConfig(), as_of=AS_OF)
+    serial.mark_deleted("deals", [1005, 1010], "2025-03-02T09:00:00+03:00", SyncState("deals"))
+    run_rules(serial, RulesConfig(), as_of=LATER)
+    kinds = {e["kind"] for e in table(forked, "points_ledger")}
+    assert mirror_deals == 1200 and {"earn", "redeem", "reversal"} <= kinds
+    assert stored(forked) == stored(serial)
+    assert not list(tmp_path.glob("*stage*")), "the staging file is removed"
+
+
+@pytest.mark.skipif(not can_fork(), reason="fork is not available here")
+def test_a_failing_ledger_child_keeps_the_previous_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
+    mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    before = stored(mirror)
+    real = rules_store._ledger_rows
+
+    def boom(*args: Any) -> Iterator[tuple[Any, ...]]:
+        yield next(real(*args))
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rules_store, "_ledger_rows", boom)  # the forked child inherits it
+    with pytest.raises(MirrorError, match=r"writing the points ledger failed: .*disk full"):
+        run_rules(mirror, RulesConfig(), as_of=LATER)
+    assert stored(mirror) == before
+    assert not list(tmp_path.glob("*stage*"))

@@ -1,0 +1,115 @@
+"""Run a piece of mirror I/O in a forked child process, beside the parent's own work.
+
+Reading and writing SQLite rows from Python is bound by the GIL: threads take turns, so
+the rules' recompute could only ever use one of the machine's cores for it.  A forked
+child gets the parent's memory copy-on-write — the computed columns need no pickling —
+opens its *own* SQLite connection and works in parallel; only its (small) result comes
+back through a pipe.
+
+Where ``fork`` is not available (Windows, or ``CRM_RETENTION_NO_FORK=1`` is set) the
+task runs inline instead, so callers behave the same everywhere, only slower.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from connector.errors import MirrorError
+
+__all__ = ["Forked", "can_fork", "start_forked"]
+
+T = TypeVar("T")
+_DISABLE_ENV = "CRM_RETENTION_NO_FORK"
+
+
+def can_fork() -> bool:
+    """True when tasks really run in a forked child (POSIX, not disabled by the env)."""
+    return (os.environ.get(_DISABLE_ENV, "") not in ("1", "true", "yes")
+            and "fork" in multiprocessing.get_all_start_methods())
+
+
+class Forked(Generic[T]):
+    """A task running in a child process (or already run inline); ``result()`` waits."""
+
+    def __init__(self, task: Callable[[], T], what: str) -> None:
+        self.what = what
+        self._inline: tuple[bool, T | BaseException] | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        if not can_fork():
+            self._inline = _run_inline(task)
+            return
+        context = multiprocessing.get_context("fork")
+        receiver, sender = context.Pipe(duplex=False)
+        self._receiver = receiver
+        self._process = context.Process(target=_child_main, args=(task, sender), daemon=True)
+        self._process.start()
+        sender.close()  # only the child writes: EOF tells us it died without answering
+
+    def result(self) -> T:
+        """The task's return value; its exception (as :class:`MirrorError`) if it failed."""
+        ok, value = self._inline if self._inline is not None else self._receive()
+        if not ok:
+            if isinstance(value, MirrorError):
+                raise value
+            raise MirrorError(f"{self.what} failed: {value}") from None
+        return value  # type: ignore[return-value]
+
+    def cancel(self) -> None:
+        """Stop the child if it still runs (the caller gave up on it); idempotent."""
+        process = self._process
+        if process is not None and process.exitcode is None:
+            process.terminate()
+            process.join()
+        if process is not None and not self._receiver.closed:
+            self._receiver.close()
+
+    def _receive(self) -> tuple[bool, T | BaseException]:
+        assert self._process is not None
+        try:
+            payload = self._receiver.recv_bytes()
+        except EOFError:
+            payload = b""
+        finally:
+            self._receiver.close()
+            self._process.join()
+        if not payload:
+            code = self._process.exitcode
+            return False, RuntimeError(f"the child process exited with code {code}")
+        ok, value = pickle.loads(payload)
+        return ok, value
+
+
+def start_forked(task: Callable[[], T], what: str) -> Forked[T]:
+    """Start ``task`` in a forked child now; ``what`` names it in error messages."""
+    return Forked(task, what)
+
+
+def _run_inline(task: Callable[[], T]) -> tuple[bool, T | BaseException]:
+    try:
+        return True, task()
+    except Exception as exc:  # reported by result(), as the child's would be
+        return False, exc
+
+
+def _child_main(task: Callable[[], object], sender: multiprocessing.connection.Connection
+                ) -> None:
+    # The child must never run the parent's cleanup (atexit handlers, SQLite connections
+    # it inherited, buffered files): it leaves with os._exit whatever happens.
+    code = 0
+    try:
+        try:
+            payload = pickle.dumps((True, task()), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            code = 1
+            text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            error: BaseException = exc if isinstance(exc, MirrorError) else RuntimeError(text)
+            payload = pickle.dumps((False, error))
+        sender.send_bytes(payload)
+        sender.close()
+    finally:
+        os._exit(code)

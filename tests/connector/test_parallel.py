@@ -1,0 +1,65 @@
+"""connector.parallel: a task in a forked child, or inline where fork is unavailable."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from connector.errors import MirrorError
+from connector.parallel import can_fork, start_forked
+
+needs_fork = pytest.mark.skipif(not can_fork(), reason="fork is not available here")
+
+
+@needs_fork
+def test_the_task_runs_in_another_process_and_its_result_comes_back() -> None:
+    parent = os.getpid()
+    task = start_forked(lambda: (os.getpid(), list(range(5))), "a test task")
+    child, values = task.result()
+    assert child != parent and values == [0, 1, 2, 3, 4]
+
+
+@needs_fork
+def test_the_child_sees_the_parents_memory_without_pickling() -> None:
+    unpicklable = (lambda: 41, {"x": 1})  # a lambda cannot be pickled, yet the child has it
+    assert start_forked(lambda: unpicklable[0]() + unpicklable[1]["x"], "t").result() == 42
+
+
+@needs_fork
+def test_an_exception_in_the_child_becomes_a_mirror_error_naming_the_task() -> None:
+    def fail() -> None:
+        raise ValueError("disk full")
+
+    with pytest.raises(MirrorError, match="writing the ledger failed: ValueError: disk full"):
+        start_forked(fail, "writing the ledger").result()
+
+
+@needs_fork
+def test_a_child_that_dies_without_answering_is_reported() -> None:
+    with pytest.raises(MirrorError, match="exited with code 3"):
+        start_forked(lambda: os._exit(3), "a dying task").result()
+
+
+@needs_fork
+def test_cancel_stops_a_child_still_running() -> None:
+    import time
+
+    task = start_forked(lambda: time.sleep(30), "a slow task")
+    started = time.monotonic()
+    task.cancel()
+    task.cancel()  # idempotent
+    assert time.monotonic() - started < 10
+
+
+def test_without_fork_the_task_runs_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
+    assert not can_fork()
+    task = start_forked(os.getpid, "inline")
+    assert task.result() == os.getpid()
+
+    def fail() -> None:
+        raise ValueError("nope")
+
+    with pytest.raises(MirrorError, match="inline failed: nope"):
+        start_forked(fail, "inline").result()
