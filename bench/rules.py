@@ -77,7 +77,7 @@ def _contact_rows(ids: npt.NDArray[np.int64], rng: np.random.Generator,
                "DATE_MODIFY": created_text[k]}
         rows.append((cid, f"Client {cid}", json.dumps([phone] if phone else []),
                      json.dumps([email] if email else []), birthday, 1, created_text[k],
-                     created_text[k], None, json.dumps(raw, ensure_ascii=False)))
+                     created_text[k], None, json.dumps(raw, ensure_ascii=False), None))
     return rows
 
 
@@ -125,10 +125,12 @@ def _deal_rows(first_id: int, owner: npt.NDArray[np.int64], moment: npt.NDArray[
         u = uf_roll[k]
         # The sync selects the custom fields the rules read for every deal, so each raw
         # record carries all three keys, empty when the manager left them blank.
-        uf = (f', "UF_CRM_REVIEW": "{"Y" if u < 0.04 else ""}", '
-              f'"UF_CRM_NPS": "{nps[k] if 0.04 <= u < 0.10 else ""}", '
-              f'"UF_CRM_POINTS_SPENT": '
-              f'"{spent[k] if 0.10 <= u < 0.115 and status == "won" else ""}"')
+        custom = {"UF_CRM_REVIEW": "Y" if u < 0.04 else "",
+                  "UF_CRM_NPS": str(nps[k]) if 0.04 <= u < 0.10 else "",
+                  "UF_CRM_POINTS_SPENT": str(spent[k]) if 0.10 <= u < 0.115
+                  and status == "won" else ""}
+        uf = "".join(f', "{key}": "{value}"' for key, value in custom.items())
+        filled = {key: value for key, value in custom.items() if value}  # = custom_fields_of
         semantic = {"won": "S", "lost": "F", "open": "P"}[status]
         raw = (f'{{"ID": "{did}", "TITLE": "Заказ {did}", "CONTACT_ID": "{cid}", '
                f'"COMPANY_ID": "{company or 0}", "OPPORTUNITY": "{amount[k]:.2f}", '
@@ -140,7 +142,7 @@ def _deal_rows(first_id: int, owner: npt.NDArray[np.int64], moment: npt.NDArray[
         deleted = closed_text[k] if status_roll[k] > 0.995 else None
         rows.append((did, cid, company, f"Заказ {did}", round(float(amount[k]), 2), "RUB",
                      status, status.upper(), "0", 1, created_text[k], closed,
-                     closed_text[k], deleted, raw))
+                     closed_text[k], deleted, raw, json.dumps(filled) if filled else None))
     return rows
 
 
@@ -268,7 +270,8 @@ def bench_fit(cdnow: Path, seed: int) -> None:
 
 def mirror_path(customers: int, deals: int, seed: int) -> Path:
     """Where the generated mirror of this size and seed is cached."""
-    return OUT / f"rules_v2_{customers}_{deals}_s{seed}.db"  # v2: every deal has UF keys
+    # v3: custom_fields beside raw (mirror migration m003)
+    return OUT / f"rules_v3_{customers}_{deals}_s{seed}.db"
 
 
 def peak_rss_mb() -> float:

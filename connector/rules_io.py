@@ -87,14 +87,9 @@ def _strings(text: str | None) -> tuple[str, ...]:
     return tuple(str(v) for v in values if v)
 
 
-def _custom_fields(raw: str | None) -> dict[str, Any]:
-    """The raw record's custom fields (``UF_*``): the only raw keys a rule may read."""
-    # Most records carry no custom field at all; skipping json.loads for them is the
-    # single biggest saving when reading millions of rows.
-    if not raw or "UF_" not in raw:
-        return {}
-    record = json.loads(raw)
-    return {k: v for k, v in record.items() if k.startswith("UF_")}
+def _custom_fields(text: str | None) -> dict[str, Any]:
+    """A record's ``custom_fields`` column (its non-empty UF_* values): what rules may read."""
+    return dict(json.loads(text)) if text else {}
 
 
 def _rows(db: Database, sql: str) -> Iterator[tuple[Any, ...]]:
@@ -106,7 +101,7 @@ def _rows(db: Database, sql: str) -> Iterator[tuple[Any, ...]]:
 def load_contacts(mirror: Mirror) -> list[Contact]:
     """Every mirrored contact, deleted ones included, ordered by id."""
     sql = ("select id, name, phones, emails, birthday, responsible_id, created_at, "
-           "deleted_at, raw from contacts order by id")
+           "deleted_at, custom_fields from contacts order by id")
     return [Contact(id=r[0], name=r[1], phones=_strings(r[2]), emails=_strings(r[3]),
                     birthday=_day(r[4]), responsible_id=r[5], created_at=_moment(r[6]),
                     deleted_at=_moment(r[7]), fields=_custom_fields(r[8]))
@@ -115,7 +110,7 @@ def load_contacts(mirror: Mirror) -> list[Contact]:
 
 def load_companies(mirror: Mirror) -> list[Company]:
     """Every mirrored company, deleted ones included, ordered by id."""
-    sql = ("select id, title, responsible_id, created_at, deleted_at, raw from companies "
+    sql = ("select id, title, responsible_id, created_at, deleted_at, custom_fields from companies "
            "order by id")
     return [Company(id=r[0], title=r[1], responsible_id=r[2], created_at=_moment(r[3]),
                     deleted_at=_moment(r[4]), fields=_custom_fields(r[5]))
@@ -135,7 +130,7 @@ def _deal(r: tuple[Any, ...]) -> Deal:
 def load_deals(mirror: Mirror) -> list[Deal]:
     """Every mirrored deal, deleted ones included, ordered by id."""
     sql = ("select id, contact_id, company_id, title, amount, currency, status, created_at, "
-           "closed_at, updated_at, deleted_at, category_id, raw from deals order by id")
+           "closed_at, updated_at, deleted_at, category_id, custom_fields from deals order by id")
     return [_deal(r) for r in _rows(mirror.db, sql)]
 
 
@@ -168,12 +163,10 @@ def _moment_sql(column: str) -> tuple[str, str]:
 
 
 def _custom_sql(names: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(UF_* names, SQL giving each one's JSON text, NULL when absent or empty)."""
-    custom = sorted(n for n in names if n.startswith("UF_"))  # what _custom_fields keeps
-    paths = [f"'$.\"{name}\"'" for name in custom]
-    # SQLite caches the parsed JSON of a row, so the test and the value share one parse.
-    return custom, [f"case when coalesce(raw ->> {p}, '') != '' then raw -> {p} end"
-                    for p in paths]
+    """(UF_* names, SQL giving each one's JSON text, NULL when the record has none)."""
+    custom = sorted(n for n in names if n.startswith("UF_"))  # what custom_fields holds
+    # custom_fields is NULL for most records and small otherwise: nothing to parse there.
+    return custom, [f"custom_fields -> '$.\"{name}\"'" for name in custom]
 
 
 def _add_fields(fields: FieldValues, names: list[str], ids: Sequence[int],
@@ -188,7 +181,7 @@ def _add_fields(fields: FieldValues, names: list[str], ids: Sequence[int],
 
 
 def _load_fields(db: Database, table: str, names: Iterable[str]) -> FieldValues:
-    """Wanted custom-field values by record id, read from the raw JSON inside SQLite."""
+    """Wanted custom-field values by record id, read from ``custom_fields`` inside SQLite."""
     custom, select = _custom_sql(names)
     fields: FieldValues = {name: {} for name in names}
     if custom:

@@ -3,9 +3,10 @@ import logging
 import stat
 
 import pytest
+from sqlite_utils import Database
 
 from connector.errors import MirrorError
-from connector.mirror import Mirror, Reject, SyncState
+from connector.mirror import Mirror, Reject, SyncState, custom_fields_of, migrations
 
 
 def contact_row(i, **over):
@@ -134,3 +135,48 @@ def test_count_known_counts_a_live_row_that_is_also_rejected_once():
     assert mirror.count_known("contacts") == 3
     mirror.mark_deleted("contacts", [1], "2024-06-01T00:00:00+03:00", state)
     assert mirror.count_known("contacts") == 2
+
+
+RAWS = [
+    {"ID": "1", "UF_CRM_NPS": "3", "UF_CRM_REVIEW": "", "UF_CRM_TAGS": ["a", "b"],
+     "UF_CRM_EMPTY": [], "UF_CRM_NULL": None, "UF_CRM_FLAG": False, "TITLE": "UF_CRM_X"},
+    {"ID": "2", "TITLE": "no user fields"},
+    {"ID": "3", "UF_CRM_REVIEW": "", "UF_CRM_NPS": None},
+    {"ID": "4", "UF_CRM_ADDR": {"city": "Пермь"}, "UF_CRM_SUM": 10.5},
+]
+
+
+def test_custom_fields_keep_only_non_empty_user_fields():
+    assert [custom_fields_of(r) for r in RAWS] == [
+        {"UF_CRM_NPS": "3", "UF_CRM_TAGS": ["a", "b"], "UF_CRM_FLAG": False}, None, None,
+        {"UF_CRM_ADDR": {"city": "Пермь"}, "UF_CRM_SUM": 10.5}]
+    mirror = Mirror.memory()
+    rows = [{"id": i + 1, "title": "t", "raw": raw} for i, raw in enumerate(RAWS)]
+    mirror.write_page("companies", rows, [], SyncState("companies"), seen_at="t")
+    stored = {r["id"]: r["custom_fields"] for r in mirror.rows("companies")}
+    assert stored == {i + 1: custom_fields_of(raw) for i, raw in enumerate(RAWS)}
+
+
+def test_migration_3_backfills_custom_fields_and_keeps_rules_results(tmp_path):
+    path = tmp_path / "old.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m003_custom_fields_and_clustered_results")
+    for i, raw in enumerate(RAWS, start=1):
+        db.execute("insert into deals (id, raw) values (?, ?)",
+                   [i, json.dumps(raw, ensure_ascii=False)])
+    db.execute("insert into points_ledger values ('earn:deal:1', 7, 'contact', 'earn', 1, "
+               "30, '2025-01-01', 'Bronze', 'r')")
+    db.execute("insert into customer_state (customer_id, customer_kind, purchases) "
+               "values (7, 'contact', 1)")
+    db.conn.commit()
+    db.close()
+    mirror = Mirror.open(path)
+    stored = {r["id"]: r["custom_fields"] for r in mirror.rows("deals")}
+    assert stored == {i: custom_fields_of(raw) for i, raw in enumerate(RAWS, start=1)}
+    for table in ("customer_state", "points_ledger"):
+        ddl = mirror.db.execute("select sql from sqlite_master where name = ?",
+                                [table]).fetchone()[0]
+        assert ddl.endswith("without rowid")
+    assert mirror.db.execute("select customer_id, points from points_ledger").fetchall() == [
+        (7, 30)]
+    assert mirror.db.execute("select purchases from customer_state").fetchall() == [(1,)]
