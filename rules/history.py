@@ -28,9 +28,10 @@ from rules.columns import (
     utc_micros,
     wanted_fields,
 )
-from rules.config import RulesConfig
+from rules.config import RulesConfig, currency_code
 
 __all__ = [
+    "MAX_AMOUNT",
     "Aggregates",
     "BoolArray",
     "Customers",
@@ -48,6 +49,12 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+
+# The largest deal amount (in the portal currency, after conversion) that counts.  No real
+# deal comes near a trillion roubles, so a bigger figure is a typo or a test value; and up
+# to it every later step stays exact: 1e14 kopecks is far inside float64's exact integers
+# (2**53 ≈ 9.0e15) and inside int64 once multiplied by a cashback rate in basis points.
+MAX_AMOUNT = 1e12
 
 
 def local_day(moment: datetime, zone: tzinfo) -> int:
@@ -153,16 +160,18 @@ def build_customers(contacts: RecordColumns, companies: RecordColumns, deals: De
 def _company_reach(contacts: RecordColumns, companies: RecordColumns,
                    deals: DealColumns) -> tuple[BoolArray, BoolArray]:
     # A company has no phones of its own in the mirror: it is reachable through the live
-    # contacts on its live deals.
+    # contacts on its live deals.  Only linked deals are indexed, so no live contact (or
+    # no company) simply leaves every company unreachable.
     live = np.flatnonzero(~contacts.deleted)
     order = live[np.argsort(contacts.ids[live], kind="stable")]
     contact_row = _rows_in(contacts.ids[order], deals.contact_id)
     company_row = _rows_in(companies.ids, deals.company_id)
     linked = (~deals.deleted) & (contact_row >= 0) & (company_row >= 0) & (deals.company_id >= 0)
+    via = order[contact_row[linked]]  # the linked contact of each linked deal
     phone = np.zeros(len(companies), dtype=np.bool_)
     email = np.zeros(len(companies), dtype=np.bool_)
-    phone[company_row[linked & contacts.has_phone[order][np.maximum(contact_row, 0)]]] = True
-    email[company_row[linked & contacts.has_email[order][np.maximum(contact_row, 0)]]] = True
+    phone[company_row[linked][contacts.has_phone[via]]] = True
+    email[company_row[linked][contacts.has_email[via]]] = True
     return phone, email
 
 
@@ -198,19 +207,29 @@ def _codes_of(names: tuple[str, ...], wanted: tuple[str, ...]) -> list[int]:
 
 
 def _scan_currencies(scan: _DealScan, deals: DealColumns, config: RulesConfig) -> None:
+    # CRMs store codes as typed ("rub", " RUB"); the config is normalised the same way.
     purchases = config.purchases
     for code, name in enumerate(deals.currencies):
-        if name == purchases.currency:
+        normalised = currency_code(name)
+        if normalised in (purchases.currency, ""):
             continue
         mask = deals.currency == code
-        rate = purchases.rates.get(name)
+        rate = purchases.rates.get(normalised)
         if rate is None:
-            scan.drop(f"currency:{name}", mask)
+            scan.drop(f"currency:{normalised}", mask)
             continue
         converting = scan.keep & mask
         if converting.any():
-            scan.converted[name] += int(converting.sum())
+            scan.converted[normalised] += int(converting.sum())
             scan.amount[converting] *= rate
+
+
+def _scan_amounts(scan: _DealScan) -> None:
+    # Before any rounding or cast: NaN or inf would become -9.2e18 kopecks, and a huge
+    # figure would overflow the int64 point arithmetic into negative points.
+    scan.drop("not_finite", ~np.isfinite(scan.amount))
+    with np.errstate(invalid="ignore"):  # NaN compares False: already dropped above
+        scan.drop("too_large", np.abs(scan.amount) > MAX_AMOUNT)
 
 
 def _scan_deals(deals: DealColumns, config: RulesConfig, as_of: datetime) -> _DealScan:
@@ -226,6 +245,7 @@ def _scan_deals(deals: DealColumns, config: RulesConfig, as_of: datetime) -> _De
         known = _codes_of(deals.categories, purchases.categories)
         scan.drop("category", ~np.isin(deals.category, known))
     _scan_currencies(scan, deals, config)
+    _scan_amounts(scan)
     scan.drop("min_amount", scan.amount < purchases.min_amount)
     scan.drop("after_as_of", deals.moment > utc_micros(as_of))
     return scan
@@ -241,6 +261,9 @@ def _kept_fields(deals: DealColumns, keep: BoolArray) -> FieldValues:
     return out
 
 
+_PLURAL = {"contact": "contacts", "company": "companies"}
+
+
 def _scan_notes(scan: _DealScan, unknown_owner: int, config: RulesConfig) -> list[str]:
     notes = []
     kind = config.customer.kind
@@ -248,6 +271,8 @@ def _scan_notes(scan: _DealScan, unknown_owner: int, config: RulesConfig) -> lis
         "deleted": "deleted deals never count",
         "no_customer": f"counted-status deals without a {kind} ignored",
         "category": "deals outside the configured categories ignored",
+        "not_finite": "deals with a non-finite amount (NaN or infinity) ignored",
+        "too_large": f"deals with an implausible amount (beyond ±{MAX_AMOUNT:g}) ignored",
         "min_amount": f"deals below min_amount {config.purchases.min_amount:g} ignored",
         "after_as_of": "deals closed after as_of ignored",
     }
@@ -262,7 +287,7 @@ def _scan_notes(scan: _DealScan, unknown_owner: int, config: RulesConfig) -> lis
         notes.append(f"{count} deals converted from {code} at fixed rate "
                      f"{config.purchases.rates[code]:g}")
     if unknown_owner:
-        notes.append(f"{unknown_owner} purchases of unknown or deleted {kind}s ignored")
+        notes.append(f"{unknown_owner} purchases of unknown or deleted {_PLURAL[kind]} ignored")
     return notes
 
 
