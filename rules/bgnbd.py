@@ -6,6 +6,10 @@ purchases ``x`` (frequency), the time of the last one ``t_x`` (recency) and thei
 ``T`` (all in one time unit, from the first purchase) the model gives P(alive) and the
 expected number of purchases in the next ``t``. Fitted by maximum likelihood on
 log-parameters; all formulas are the closed forms of the paper (equations 6, 10, 11).
+
+``fit`` returns only a fit it can stand behind: one that converged, with every parameter
+inside ``SHAPE_RANGE`` (α relative to the customers' mean age); otherwise it raises
+:class:`DegenerateFitError` and the caller falls back to rule signals.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from scipy.special import betaln, digamma, gammaln, hyp2f1
 
 __all__ = [
     "MIN_CUSTOMERS",
+    "SHAPE_RANGE",
     "BgNbdModel",
+    "DegenerateFitError",
     "InsufficientDataError",
     "fit",
     "log_likelihood",
@@ -29,9 +35,22 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 MIN_CUSTOMERS = 30
 
+# Plausible range of the Gamma shape r, the Beta shapes a, b and of α / mean(T).  A shape
+# above 1e4 is the data failing to tell the model from its no-heterogeneity limit: the
+# likelihood goes flat along a ridge, the optimiser drifts to 1e6-1e7 and 2F1 with such
+# parameters returns NaN.  A shape below 1e-3 piles the population on p = 0 or p = 1
+# ("every repeat buyer died at their last purchase", even one who bought yesterday).
+# Published fits sit deep inside (CDNOW: r = 0.24, α = 0.13 × mean T, a = 0.79, b = 2.43;
+# Fader, Hardie & Lee 2005); simulated bases of 30-3,000 customers fit inside in 98 %.
+SHAPE_RANGE = (1e-3, 1e4)
+
 
 class InsufficientDataError(ValueError):
     """Too few customers to fit; callers fall back to rule signals and say so."""
+
+
+class DegenerateFitError(ValueError):
+    """The fit did not converge or ran to the edge of the parameter space; do not use it."""
 
 
 def _arrays(frequency: Any, recency: Any, T: Any) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -117,14 +136,28 @@ def _shape(values: FloatArray, *inputs: Any) -> Any:
 
 
 def fit(frequency: Any, recency: Any, T: Any) -> BgNbdModel:
-    """Maximum-likelihood BG/NBD on one customer base (needs ``MIN_CUSTOMERS``)."""
+    """Maximum-likelihood BG/NBD on one customer base (needs ``MIN_CUSTOMERS``).
+
+    Raises :class:`InsufficientDataError` for too small a base and
+    :class:`DegenerateFitError` for a fit that cannot be trusted (see ``SHAPE_RANGE``).
+    """
     x, t_x, age = _arrays(frequency, recency, T)
     x, t_x, age = x.ravel(), t_x.ravel(), age.ravel()
     if len(x) < MIN_CUSTOMERS:
         raise InsufficientDataError(f"{len(x)} customers < {MIN_CUSTOMERS}: too few to fit")
     if not np.any(x > 0):
         raise InsufficientDataError("no repeat purchases: the dropout process cannot be fitted")
+    with np.errstate(all="ignore"):  # the search may probe overflowing parameters
+        result = _maximise(x, t_x, age)
+    r, alpha, a, b = (float(v) for v in np.exp(result.x))
+    model = BgNbdModel(r, alpha, a, b, -float(result.fun), len(x), bool(result.success))
+    problem = _implausible(model, float(np.mean(age)))
+    if problem:
+        raise DegenerateFitError(problem)
+    return model
 
+
+def _maximise(x: FloatArray, t_x: FloatArray, age: FloatArray) -> Any:
     start = np.log([0.5, max(float(np.mean(age)), 1e-3), 1.0, 1.0])
     result = minimize(_negative_ll_and_gradient, start, args=(x, t_x, age), jac=True,
                       method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-7})
@@ -134,8 +167,22 @@ def fit(frequency: Any, recency: Any, T: Any) -> BgNbdModel:
         result = minimize(lambda p: _negative_ll_and_gradient(p, x, t_x, age)[0], result.x,
                           method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-9,
                                                          "maxiter": 4000})
-    r, alpha, a, b = (float(v) for v in np.exp(result.x))
-    return BgNbdModel(r, alpha, a, b, -float(result.fun), len(x), bool(result.success))
+    return result
+
+
+def _implausible(model: BgNbdModel, mean_age: float) -> str | None:
+    """Why ``model`` cannot be used (see ``SHAPE_RANGE``), or None."""
+    params = (model.r, model.alpha, model.a, model.b)
+    shown = (f"r = {model.r:.4g}, alpha = {model.alpha:.4g}, a = {model.a:.4g}, "
+             f"b = {model.b:.4g}")
+    if not model.converged or not np.all(np.isfinite([*params, model.log_likelihood])):
+        return f"degenerate fit: the likelihood search did not converge ({shown})"
+    low, high = SHAPE_RANGE
+    relative = (model.r, model.alpha / max(mean_age, 1e-9), model.a, model.b)
+    if not all(low <= value <= high for value in relative):
+        return (f"degenerate fit: {shown} (alpha / mean T = {relative[1]:.4g}) outside "
+                f"[{low:g}, {high:g}]")
+    return None
 
 
 def _negative_ll_and_gradient(log_params: FloatArray, x: FloatArray, t_x: FloatArray,

@@ -4,6 +4,10 @@ A customer's transaction values are Gamma(p, ν) with ν ~ Gamma(q, γ) across c
 independent of how often they buy. Fitted on repeat customers only (frequency > 0:
 the first purchase's value is not used, as in the note), it gives the expected average
 transaction value of each customer, and with a BG/NBD model a predicted CLV.
+
+As for BG/NBD, ``fit`` raises :class:`DegenerateFitError` rather than return a fit that did
+not converge or ran to the edge of the parameter space (p, q and γ / mean spend outside
+``SHAPE_RANGE``), and ``q`` must exceed 1 for the population's mean spend to exist.
 """
 
 from __future__ import annotations
@@ -16,10 +20,16 @@ import numpy.typing as npt
 from scipy.optimize import minimize
 from scipy.special import gammaln
 
-__all__ = ["MIN_CUSTOMERS", "GammaGammaModel", "fit", "log_likelihood"]
+__all__ = ["MIN_CUSTOMERS", "SHAPE_RANGE", "DegenerateFitError", "GammaGammaModel", "fit",
+           "log_likelihood"]
 
 FloatArray = npt.NDArray[np.float64]
 MIN_CUSTOMERS = 20
+SHAPE_RANGE = (1e-3, 1e4)  # the same reasoning as rules.bgnbd.SHAPE_RANGE
+
+
+class DegenerateFitError(ValueError):
+    """The fit did not converge or ran to the edge of the parameter space; do not use it."""
 
 
 def _arrays(frequency: Any, monetary_value: Any) -> tuple[FloatArray, FloatArray]:
@@ -54,6 +64,7 @@ class GammaGammaModel:
     gamma: float
     log_likelihood: float
     n: int
+    converged: bool = True
 
     def expected_spend(self, frequency: Any, monetary_value: Any) -> Any:
         """E[M | x, m̄]: a weighted mean of the population and the customer's own average."""
@@ -84,13 +95,30 @@ class GammaGammaModel:
 
 
 def fit(frequency: Any, monetary_value: Any) -> GammaGammaModel:
-    """Maximum-likelihood Gamma-Gamma on the customers with frequency > 0 (others ignored)."""
+    """Maximum-likelihood Gamma-Gamma on the customers with frequency > 0 (others ignored).
+
+    Only customers with a positive mean spend carry information (ln m̄ is in the
+    likelihood); raises ``ValueError`` when fewer than ``MIN_CUSTOMERS`` have one and
+    :class:`DegenerateFitError` for a fit that cannot be trusted.
+    """
     x, m = _arrays(frequency, monetary_value)
     keep = (x > 0) & (m > 0)
     x, m = x[keep].ravel(), m[keep].ravel()
     if len(x) < MIN_CUSTOMERS:
-        raise ValueError(f"{len(x)} repeat customers < {MIN_CUSTOMERS}: too few to fit")
+        raise ValueError(f"{len(x)} repeat customers with a positive spend < "
+                         f"{MIN_CUSTOMERS}: too few to fit")
+    with np.errstate(all="ignore"):  # the search may probe overflowing parameters
+        log_params, value, converged = _maximise(x, m)
+    p, q, g = (float(v) for v in np.exp(log_params))
+    model = GammaGammaModel(p, q, g, -value, len(x), converged)
+    problem = _implausible(model, float(np.mean(m)))
+    if problem:
+        raise DegenerateFitError(problem)
+    return model
 
+
+def _maximise(x: FloatArray, m: FloatArray) -> tuple[FloatArray, float, bool]:
+    """(log-parameters, −LL, converged): Nelder-Mead, then an L-BFGS-B polish."""
     def objective(log_params: FloatArray) -> float:
         value = -_loglik_terms(np.exp(log_params), x, m).sum()
         return float(value) if np.isfinite(value) else 1e300
@@ -100,5 +128,21 @@ def fit(frequency: Any, monetary_value: Any) -> GammaGammaModel:
                     options={"xatol": 1e-9, "fatol": 1e-9, "maxiter": 6000})
     polished = minimize(objective, best.x, method="L-BFGS-B")
     result = polished if polished.fun <= best.fun else best
-    p, q, g = (float(v) for v in np.exp(result.x))
-    return GammaGammaModel(p, q, g, -float(result.fun), len(x))
+    # Either search stopping on its own criterion means the optimum was reached.
+    return result.x, float(result.fun), bool(best.success or polished.success)
+
+
+def _implausible(model: GammaGammaModel, mean_spend: float) -> str | None:
+    """Why ``model`` cannot be used, or None."""
+    shown = f"p = {model.p:.4g}, q = {model.q:.4g}, gamma = {model.gamma:.4g}"
+    values = (model.p, model.q, model.gamma, model.log_likelihood)
+    if not model.converged or not np.all(np.isfinite(values)):
+        return f"degenerate fit: the likelihood search did not converge ({shown})"
+    low, high = SHAPE_RANGE
+    relative = (model.p, model.q, model.gamma / max(mean_spend, 1e-9))
+    if not all(low <= value <= high for value in relative):
+        return (f"degenerate fit: {shown} (gamma / mean spend = {relative[2]:.4g}) outside "
+                f"[{low:g}, {high:g}]")
+    if model.q <= 1:
+        return f"degenerate fit: {shown}; q <= 1 leaves the mean spend undefined"
+    return None

@@ -17,11 +17,31 @@ def cdnow():
 
 def test_fit_reproduces_fader_hardie_lee_2005(cdnow):
     model = bgnbd.fit(*cdnow)
-    assert model.n == 2_357
+    assert model.n == 2_357 and model.converged
     for got, published in zip((model.r, model.alpha, model.a, model.b),
                               (0.243, 4.414, 0.793, 2.426), strict=True):
         assert got == pytest.approx(published, rel=5e-3)
     assert model.log_likelihood == pytest.approx(-9582.4, abs=0.1)
+
+
+def test_fitted_model_gives_the_papers_derived_quantities(cdnow):
+    # Row 1 of the CDNOW summary (x = 2, t_x = 30.43, T = 38.86), with our own fit rather
+    # than the rounded published parameters: P(alive) and E[Y(39)] of the paper.
+    model = bgnbd.fit(*cdnow)
+    assert (cdnow[0][0], cdnow[1][0], cdnow[2][0]) == (2, 30.43, 38.86)
+    assert model.p_alive(2, 30.43, 38.86) == pytest.approx(0.7266, abs=1e-3)
+    assert model.expected_purchases(39, 2, 30.43, 38.86) == pytest.approx(1.2260, abs=1e-3)
+
+
+def test_a_degenerate_fit_is_refused():
+    # 100 buyers who all bought yesterday, 30 of them also 40 days before: the likelihood
+    # has no interior maximum; the search "converges" to r ≈ 1e7, b ≈ 5e-4, under which
+    # every repeat buyer is dead the day after buying and E[Y] is NaN.
+    x = np.array([0.0] * 70 + [1.0] * 30)
+    t_x = np.array([0.0] * 70 + [39.0] * 30)
+    age = np.array([1.0] * 70 + [40.0] * 30)
+    with pytest.raises(bgnbd.DegenerateFitError, match="outside"):
+        bgnbd.fit(x, t_x, age)
 
 
 def test_log_likelihood_at_the_rounded_paper_values(cdnow):
@@ -81,3 +101,16 @@ def test_recovers_parameters_from_simulated_customers():
     model = bgnbd.fit(x, t_x, np.full(n, horizon))
     assert model.r == pytest.approx(0.5, rel=0.2) and model.alpha == pytest.approx(5, rel=0.25)
     assert model.a / (model.a + model.b) == pytest.approx(0.25, rel=0.25)
+
+
+def test_a_fit_that_did_not_converge_is_refused(cdnow, monkeypatch):
+    real = bgnbd.minimize
+
+    def stopped_early(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.success = False  # as when maxiter runs out in both searches
+        return result
+
+    monkeypatch.setattr(bgnbd, "minimize", stopped_early)
+    with pytest.raises(bgnbd.DegenerateFitError, match="did not converge"):
+        bgnbd.fit(*cdnow)

@@ -37,18 +37,48 @@ def test_expected_spend_shrinks_towards_the_population_mean(spend):
     assert model.expected_spend(0, 0.0) == pytest.approx(population)
 
 
-def test_clv_is_purchases_times_spend_and_discounting_lowers_it(spend):
-    x, t_x, age, m = spend
-    g = gammagamma.fit(x, m)
-    b = bgnbd.fit(x, t_x, age)
-    clv = g.clv(b, x[:5], t_x[:5], age[:5], m[:5], horizon=52)
-    expected = b.expected_purchases(52, x[:5], t_x[:5], age[:5]) * g.expected_spend(x[:5], m[:5])
-    assert np.allclose(clv, expected)
-    discounted = g.clv(b, x[:5], t_x[:5], age[:5], m[:5], horizon=52, discount_rate=0.2,
-                       periods_per_year=52)
-    assert np.all(discounted < clv) and np.all(discounted > 0.8 * clv)
+PAPER_BGNBD = bgnbd.BgNbdModel(0.243, 4.414, 0.793, 2.426, log_likelihood=0.0, n=0,
+                               converged=True)
+PAPER_SPEND = gammagamma.GammaGammaModel(6.25, 3.74, 15.44, log_likelihood=0.0, n=0)
+
+
+def test_expected_spend_is_the_notes_closed_form():
+    # CDNOW customer 1: x = 2, m̄ = 22.35.  E[M] = p(γ + x m̄) / (px + q − 1)
+    # = 6.25 × (15.44 + 44.70) / (12.50 + 2.74) = 375.875 / 15.24 = 24.6637...
+    assert PAPER_SPEND.expected_spend(2, 22.35) == pytest.approx(375.875 / 15.24)
+    # x = 0: the population mean p γ / (q − 1) = 96.5 / 2.74
+    assert PAPER_SPEND.expected_spend(0, 0.0) == pytest.approx(96.5 / 2.74)
+
+
+def test_clv_is_published_purchases_times_spend_and_discounting_lowers_it():
+    # E[Y(39) | 2, 30.43, 38.86] = 1.2260 is the paper's figure (independent of our code);
+    # CLV over 39 weeks = 1.2260 × 24.6637 = 30.238.
+    undiscounted = 1.2260 * 375.875 / 15.24
+    clv = PAPER_SPEND.clv(PAPER_BGNBD, 2, 30.43, 38.86, 22.35, horizon=39)
+    assert clv == pytest.approx(undiscounted, abs=0.03)
+    # One slice, discounted at its end: 39 weeks of a year of 52 at 20 % a year → ÷ 1.2^0.75.
+    discounted = PAPER_SPEND.clv(PAPER_BGNBD, 2, 30.43, 38.86, 22.35, horizon=39,
+                                 discount_rate=0.2, steps=1, periods_per_year=52)
+    assert discounted == pytest.approx(undiscounted / 1.2 ** 0.75, abs=0.03)
+    twelve = PAPER_SPEND.clv(PAPER_BGNBD, 2, 30.43, 38.86, 22.35, horizon=39,
+                             discount_rate=0.2, periods_per_year=52)
+    assert discounted < twelve < clv  # earlier slices are discounted less
 
 
 def test_too_few_repeat_customers():
     with pytest.raises(ValueError, match="too few"):
         gammagamma.fit([1, 2, 0], [10.0, 12.0, 0.0])
+
+
+def test_repeat_customers_who_spent_nothing_are_not_counted_as_spenders():
+    with pytest.raises(ValueError, match="0 repeat customers with a positive spend < 20"):
+        gammagamma.fit([2] * 30, [0.0] * 30)
+
+
+def test_a_degenerate_fit_is_refused():
+    # Every repeat customer spends exactly the same: no heterogeneity for q and γ to
+    # describe, so the search runs off along the ridge to q, γ → ∞.
+    rng = np.random.default_rng(5)
+    frequency = rng.integers(1, 6, 200).astype(float)
+    with pytest.raises(gammagamma.DegenerateFitError, match="degenerate fit"):
+        gammagamma.fit(frequency, np.full(200, 50.0))
