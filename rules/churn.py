@@ -1,9 +1,12 @@
 """Churn risk: explainable weighted signals, optionally blended with BG/NBD p(alive).
 
-Each signal is a strength in [0, 1]; the signal score is ``Σ wᵢ·sᵢ / Σ wᵢ``.  When the
-BG/NBD model can be fitted, ``churn = (1 − k)·signals + k·(1 − p_alive)`` with
-``k = model.churn_weight``; otherwise the signal score alone (``model_used = "signals"``).
-Reason texts are built only when a customer's state is read.
+Each signal is a strength in [0, 1]; the signal score is ``Σ wᵢ·sᵢ / Σ wᵢ``, and with
+all else equal it never falls as the days without a purchase grow.  When the BG/NBD model
+can be fitted (and the fit is plausible, see ``fit_models``), the engine blends
+``churn = (1 − k)·signals + k·(1 − p_alive)`` with ``k = model.churn_weight`` for repeat
+buyers; one-time buyers, and everyone when there is no usable fit, keep the signal score
+(``model_used = "signals"`` without a fit).  Reason texts are built only when a customer's
+state is read.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from rules.config import ChurnConfig, FieldCondition, ModelConfig
 from rules.history import Aggregates, BoolArray, FloatArray, IntArray, PurchaseHistory
-from rules.points import condition_matches
+from rules.points import condition_matches, field_number
 
 __all__ = [
     "ChurnSignals",
@@ -39,8 +42,9 @@ class ChurnSignals:
     rhythm: FloatArray
     own_rhythm: BoolArray
     frequency: FloatArray
-    recent_count: IntArray
-    previous_count: IntArray
+    recent_visits: IntArray
+    usual_visits: IntArray  # -1 for one-time buyers: no rate of their own
+    window_span: IntArray
     check: FloatArray
     recent_avg: FloatArray
     previous_avg: FloatArray
@@ -73,15 +77,31 @@ def _overdue(agg: Aggregates, as_of_day: int, cfg: ChurnConfig
     return np.where(agg.count > 0, strength, 0.0), since_last, rhythm, own
 
 
-def _frequency(history: PurchaseHistory, cfg: ChurnConfig
-               ) -> tuple[FloatArray, IntArray, IntArray]:
-    n, window = len(history.customers), cfg.frequency_window_days
-    age = history.as_of_day - history.day
-    recent = np.bincount(history.cust[age < window], minlength=n)
-    previous = np.bincount(history.cust[(age >= window) & (age < 2 * window)], minlength=n)
-    falling = (previous > 0) & (recent < previous)
-    drop = np.where(falling, (previous - recent) / np.maximum(previous, 1), 0.0)
-    return drop.astype(np.float64), recent.astype(np.int64), previous.astype(np.int64)
+def _frequency(history: PurchaseHistory, agg: Aggregates, cfg: ChurnConfig
+               ) -> tuple[FloatArray, IntArray, IntArray, IntArray]:
+    """Purchase days in the recent window against the customer's own long-run rate.
+
+    The rate is (distinct purchase days − 1) / (last − first purchase day): it does not
+    move while the customer is silent, and the window only loses purchases, so the signal
+    can only grow with silence.  "Usual" is the whole number of purchase days that rate
+    always puts in the window (a regular buyer not yet overdue never falls below it; a
+    buyer slower than one purchase day per window has no usual count and no signal); the
+    window is cut to the customer's tenure.  A one-time buyer has no rate: full strength
+    once the window is empty.
+    """
+    n, window, as_of = len(history.customers), cfg.frequency_window_days, history.as_of_day
+    cust, day = history.cust, history.day
+    visit = np.ones(len(history), dtype=np.bool_)  # first deal of each (customer, day)
+    visit[1:] = (cust[1:] != cust[:-1]) | (day[1:] != day[:-1])
+    recent = np.bincount(cust[visit & (as_of - day < window)], minlength=n).astype(np.int64)
+    span = np.minimum(window, as_of - agg.first_day + 1)
+    repeat = agg.visit_days >= 2
+    usual = np.where(repeat, (agg.visit_days - 1) * span
+                     // np.maximum(agg.last_day - agg.first_day, 1), -1).astype(np.int64)
+    shortfall = np.clip(1.0 - recent / np.maximum(usual, 1), 0.0, 1.0)
+    one_time_gone = (agg.visit_days == 1) & (recent == 0)
+    strength = np.where(usual > 0, shortfall, np.where(one_time_gone, 1.0, 0.0))
+    return strength, recent, usual, span.astype(np.int64)
 
 
 def _check(history: PurchaseHistory, agg: Aggregates, cfg: ChurnConfig
@@ -143,22 +163,23 @@ def _ignored(history: PurchaseHistory, cfg: ChurnConfig) -> tuple[FloatArray, di
     texts: dict[int, str] = {}
     if not cfg.ignored_field:
         return strength, texts
+    flag = FieldCondition(field=cfg.ignored_field)
     for row, value in _field_values(history, cfg.ignored_field, cfg.ignored_entity).items():
-        try:
-            count = float(value)
-        except (TypeError, ValueError):
-            count = cfg.ignored_full if condition_matches(
-                FieldCondition(field=cfg.ignored_field), value) else 0.0
-        if count > 0:
+        count = field_number(value)
+        if count is not None and count > 0:
             strength[row] = min(count / cfg.ignored_full, 1.0)
             texts[row] = f"{count:g} communications ignored"
+        elif count is None and condition_matches(flag, value):
+            # A flag says "ignores us", not how often: full strength, and say what it was.
+            strength[row] = 1.0
+            texts[row] = f"communications ignored ({cfg.ignored_field} = {value})"
     return strength, texts
 
 
 def churn_signals(history: PurchaseHistory, agg: Aggregates, cfg: ChurnConfig) -> ChurnSignals:
     """All signals for every customer row (prospects score 0)."""
     overdue, since_last, rhythm, own = _overdue(agg, history.as_of_day, cfg)
-    frequency, recent_count, previous_count = _frequency(history, cfg)
+    frequency, recent_visits, usual_visits, window_span = _frequency(history, agg, cfg)
     check, recent_avg, previous_avg = _check(history, agg, cfg)
     feedback, feedback_text = _feedback(history, cfg.negative_feedback)
     ignored, ignored_text = _ignored(history, cfg)
@@ -166,8 +187,8 @@ def churn_signals(history: PurchaseHistory, agg: Aggregates, cfg: ChurnConfig) -
                 + cfg.weight_check * check + cfg.weight_feedback * feedback
                 + cfg.weight_ignored * ignored)
     score = np.where(agg.count > 0, weighted / cfg.total_weight(), 0.0)
-    return ChurnSignals(overdue, since_last, rhythm, own, frequency, recent_count,
-                        previous_count, check, recent_avg, previous_avg, feedback,
+    return ChurnSignals(overdue, since_last, rhythm, own, frequency, recent_visits,
+                        usual_visits, window_span, check, recent_avg, previous_avg, feedback,
                         feedback_text, ignored, ignored_text, score)
 
 
@@ -179,9 +200,11 @@ def _overdue_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
 
 
 def _frequency_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
-    window = cfg.frequency_window_days
-    return (f"{s.recent_count[row]} purchases in last {window} days vs "
-            f"{s.previous_count[row]} in the {window} before")
+    recent, usual, span = (int(v[row]) for v in (s.recent_visits, s.usual_visits,
+                                                 s.window_span))
+    days = "purchase day" if recent == 1 else "purchase days"
+    said = f"{recent} {days}" if recent else "no purchase"
+    return f"{said} in the last {span} days" + (f" (usually {usual})" if usual > 0 else "")
 
 
 def _check_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
@@ -265,9 +288,9 @@ def _rfm_inputs(history: PurchaseHistory, agg: Aggregates, buyers: IntArray
 def fit_sample(ids: IntArray, limit: int) -> IntArray:
     """Positions of at most ``limit`` of ``ids`` (all when ``limit`` is 0 or not reached).
 
-    Fitting four (or two) population parameters needs far fewer than a million customers,
-    and the fit's cost grows with every one of them (~55 s for BG/NBD at 800,000 buyers,
-    ~8 s at 100,000).  The sample is chosen by a hash of the customer id, so the same base
+    Fitting four (or three) population parameters needs far fewer than a million
+    customers, and the fit's cost grows with every one of them (BG/NBD ~0.4 s at 100,000
+    buyers, bench/RESULTS.md).  The sample is chosen by a hash of the customer id, so the same base
     always gives the same fit and a customer stays in or out of it from run to run.
     """
     if not limit or len(ids) <= limit:
@@ -276,49 +299,93 @@ def fit_sample(ids: IntArray, limit: int) -> IntArray:
     return np.sort(np.argpartition(hashed, limit - 1)[:limit]).astype(np.int64)
 
 
+_SIGNALS_ONLY = "churn risk uses rule signals only"
+_Inputs = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
+
+
 def fit_models(history: PurchaseHistory, agg: Aggregates, cfg: ModelConfig) -> ModelFit:
-    """Fit BG/NBD on all buyers and Gamma-Gamma on repeat buyers, or explain why not."""
+    """Fit BG/NBD on (a sample of) all buyers and Gamma-Gamma on repeat buyers, or say why not.
+
+    A fit is used only when it converged to plausible parameters (``rules.bgnbd.fit``
+    refuses the others) and predicts a finite, in-range value for every buyer.
+    """
     n = len(history.customers)
     buyers = np.flatnonzero(agg.count > 0)
     if not cfg.enabled:
-        return _not_fitted(n, "BG/NBD disabled; churn risk uses rule signals only")
+        return _not_fitted(n, f"BG/NBD disabled; {_SIGNALS_ONLY}")
     if len(buyers) < cfg.min_customers:
         return _not_fitted(n, f"BG/NBD not fitted: {len(buyers)} customers < "
-                              f"{cfg.min_customers}; churn risk uses rule signals only")
-    try:
-        bgnbd = importlib.import_module("rules.bgnbd")
-    except ImportError:
-        return _not_fitted(n, "BG/NBD unavailable; churn risk uses rule signals only")
-    frequency, recency, age, monetary = _rfm_inputs(history, agg, buyers)
+                              f"{cfg.min_customers}; {_SIGNALS_ONLY}")
+    inputs = _rfm_inputs(history, agg, buyers)
     buyer_ids = history.customers.ids[buyers]
-    sample = fit_sample(buyer_ids, cfg.fit_sample)
-    try:
-        model = bgnbd.fit(frequency[sample], recency[sample], age[sample])
-    except (ValueError, ArithmeticError) as exc:
-        return _not_fitted(n, f"BG/NBD not fitted ({exc}); churn risk uses rule signals only")
-    p_alive = np.full(n, np.nan)
-    expected = np.full(n, np.nan)
-    p_alive[buyers] = model.p_alive(frequency, recency, age)
-    expected[buyers] = model.expected_purchases(cfg.horizon_days, frequency, recency, age)
-    clv, note = _fit_clv(model, cfg, n, buyers, buyer_ids, (frequency, recency, age, monetary))
+    fitted = _fit_bgnbd(inputs, fit_sample(buyer_ids, cfg.fit_sample), cfg)
+    if isinstance(fitted, str):
+        return _not_fitted(n, fitted)
+    model, buyer_p_alive, buyer_expected = fitted
+    p_alive, expected = np.full(n, np.nan), np.full(n, np.nan)
+    p_alive[buyers], expected[buyers] = buyer_p_alive, buyer_expected
+    clv, note = _fit_clv(model, cfg, n, buyers, buyer_ids, inputs)
     return ModelFit(True, p_alive, expected, clv, (note,) if note else ())
 
 
+def _fit_bgnbd(inputs: _Inputs, sample: IntArray, cfg: ModelConfig
+               ) -> tuple[Any, FloatArray, FloatArray] | str:
+    """(model, p_alive, expected purchases) for every buyer, or the note saying why not."""
+    frequency, recency, age, _ = inputs
+    try:
+        bgnbd = importlib.import_module("rules.bgnbd")
+    except ImportError:
+        return f"BG/NBD unavailable; {_SIGNALS_ONLY}"
+    try:
+        model = bgnbd.fit(frequency[sample], recency[sample], age[sample])
+    except (ValueError, ArithmeticError) as exc:
+        return f"BG/NBD not fitted ({exc}); {_SIGNALS_ONLY}"
+    with np.errstate(all="ignore"):  # judged below: a NaN here rejects the fit
+        p_alive = np.asarray(model.p_alive(frequency, recency, age), dtype=np.float64)
+        expected = np.asarray(model.expected_purchases(cfg.horizon_days, frequency, recency,
+                                                       age), dtype=np.float64)
+    bad = ~(np.isfinite(p_alive) & np.isfinite(expected) & (p_alive >= 0) & (p_alive <= 1)
+            & (expected >= 0))
+    if bad.any():
+        return (f"BG/NBD fit rejected: non-finite or out-of-range predictions for "
+                f"{int(bad.sum())} of {len(bad)} buyers; {_SIGNALS_ONLY}")
+    return model, p_alive, expected
+
+
+def _few_spenders(repeat: int, spending: int, cfg: ModelConfig) -> str | None:
+    """The note when too few repeat customers carry spend information, else None."""
+    floor = cfg.min_repeat_customers
+    if repeat < floor:
+        return f"Gamma-Gamma not fitted: {repeat} repeat customers < {floor}; no predicted CLV"
+    if spending < floor:
+        return (f"Gamma-Gamma not fitted: {spending} repeat customers with a positive "
+                f"repeat spend < {floor} ({repeat - spending} of {repeat} spent nothing on "
+                f"their repeat purchases); no predicted CLV")
+    return None
+
+
 def _fit_clv(model: Any, cfg: ModelConfig, n: int, buyers: IntArray, buyer_ids: IntArray,
-             inputs: tuple[FloatArray, FloatArray, FloatArray, FloatArray]
-             ) -> tuple[FloatArray, str | None]:
+             inputs: _Inputs) -> tuple[FloatArray, str | None]:
     frequency, recency, age, monetary = inputs
     clv = np.full(n, np.nan)
-    repeat = frequency > 0
-    fitted = np.flatnonzero(repeat)[fit_sample(buyer_ids[repeat], cfg.fit_sample)]
-    if int(repeat.sum()) < cfg.min_repeat_customers:
-        return clv, (f"Gamma-Gamma not fitted: {int(repeat.sum())} repeat customers < "
-                     f"{cfg.min_repeat_customers}; no predicted CLV")
+    # Only a positive mean spend carries information (the likelihood has ln m̄).
+    spending = (frequency > 0) & (monetary > 0)
+    note = _few_spenders(int((frequency > 0).sum()), int(spending.sum()), cfg)
+    if note:
+        return clv, note
+    fitted = np.flatnonzero(spending)[fit_sample(buyer_ids[spending], cfg.fit_sample)]
     try:
         gammagamma = importlib.import_module("rules.gammagamma")
         spend = gammagamma.fit(frequency[fitted], monetary[fitted])
-        clv[buyers] = spend.clv(model, frequency, recency, age, monetary,
-                                cfg.clv_horizon_days, cfg.discount_rate)
+        with np.errstate(all="ignore"):  # judged below
+            values = np.asarray(spend.clv(model, frequency, recency, age, monetary,
+                                          cfg.clv_horizon_days, cfg.discount_rate),
+                                dtype=np.float64)
     except (ImportError, ValueError, ArithmeticError) as exc:
-        return np.full(n, np.nan), f"Gamma-Gamma not fitted ({exc}); no predicted CLV"
+        return clv, f"Gamma-Gamma not fitted ({exc}); no predicted CLV"
+    bad = ~(np.isfinite(values) & (values >= 0))
+    if bad.any():
+        return clv, (f"Gamma-Gamma fit rejected: non-finite or negative CLV for "
+                     f"{int(bad.sum())} of {len(bad)} buyers; no predicted CLV")
+    clv[buyers] = values
     return clv, None

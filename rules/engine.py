@@ -79,11 +79,15 @@ def _blend(signals: ChurnSignals, model: ModelFit, agg: Aggregates,
            weight: float) -> FloatArray:
     # The model says how likely the customer is still around; the signals say why we
     # worry.  Blending keeps the score explainable while using the fitted base rate.
+    # Only for repeat buyers: BG/NBD lets a customer drop out only right after a repeat
+    # purchase, so P(alive | x = 0) = 1 by construction and would halve the risk of every
+    # one-time buyer however long gone.  They keep the signal score.
     if not model.used:
         return signals.score
+    repeat = agg.visit_days >= 2  # frequency x = distinct purchase days - 1 > 0
     model_risk = np.nan_to_num(1.0 - model.p_alive, nan=0.0)
-    blended = (1.0 - weight) * signals.score + weight * model_risk
-    return np.where(agg.count > 0, np.clip(blended, 0.0, 1.0), 0.0)
+    blended = np.clip((1.0 - weight) * signals.score + weight * model_risk, 0.0, 1.0)
+    return np.where(repeat, blended, np.where(agg.count > 0, signals.score, 0.0))
 
 
 def _none_if_nan(value: float) -> float | None:
@@ -207,7 +211,9 @@ def _snapshot(cols: _Columns, config: RulesConfig) -> Snapshot:
         value=_distribution(cols.value, VALUE_SEGMENTS),
         rfm=_distribution(cols.rfm.group, cols.rfm.groups),
         tier=_distribution(cols.ledger.tier, [t.name for t in config.loyalty.tiers]),
-        points_liability=int(cols.ledger.balance.sum()),
+        # What the shop owes: a negative balance (points reversed after being spent) is
+        # a customer's debt, not a credit that cancels another customer's points.
+        points_liability=int(np.maximum(cols.ledger.balance, 0).sum()),
         predicted_clv=predicted,
     )
 
