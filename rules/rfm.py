@@ -1,8 +1,11 @@
 """RFM: recency, frequency and monetary scores 1–5 by quintile, named by the R/F cell.
 
-A score is ``1 + floor(5 × below / n)`` where ``below`` is how many buyers have a strictly
-worse value and ``n`` the number of buyers.  Equal values therefore always share a score
-(no arbitrary tie-breaking by id), and a value better than 80 % of buyers scores 5.
+Values are ranked among the n buyers; a tie group spans the ranks [below, below + equal)
+(``below`` buyers have a strictly worse value) and is scored at its middle, the mid-rank
+percentile ``(below + equal / 2) / n``: score = ``1 + floor(5 × percentile)``.  Equal
+values therefore share a score (no tie-breaking by id) that sits in the middle of the
+range they span — 100 customers who all bought yesterday are R = 3, not R = 1 — and a
+value better than 80 % of buyers (without ties) scores 5.
 """
 
 from __future__ import annotations
@@ -30,12 +33,20 @@ class RfmScores:
 
 
 def quintile_scores(values: IntArray) -> IntArray:
-    """Score 1–5 for each value: higher value → higher score, ties share the score."""
+    """Score 1–5 for each value: higher value → higher score, ties at their mid-rank."""
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    below = np.searchsorted(np.sort(values), values, side="left")
-    return (1 + (5 * below) // n).astype(np.int64)
+    # One sort; tie groups are runs of the sorted values.  below + upto = 2 × mid-rank,
+    # so the score is exact in integers: 1 + floor(5 × (below + upto) / (2n)).
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    ends = np.append(starts[1:], n)
+    twice_mid = np.repeat(starts + ends, ends - starts)
+    scores = np.empty(n, dtype=np.int64)
+    scores[order] = 1 + (5 * twice_mid) // (2 * n)
+    return scores
 
 
 def _group_lookup(segments: Mapping[str, str]) -> tuple[IntArray, tuple[str, ...]]:
