@@ -46,12 +46,16 @@ def lifecycle_thresholds(agg: Aggregates, cfg: LifecycleConfig) -> tuple[IntArra
     lost = np.full(n, cfg.lost_days, dtype=np.int64)
     if not cfg.cadence:
         return sleeping, lost
-    # Only customers with enough history have a rhythm worth trusting; the floor keeps a
-    # daily buyer from turning "sleeping" after a two-day pause.
-    own = (agg.count >= cfg.cadence_min_purchases) & ~np.isnan(agg.median_gap)
+    # Only a rhythm of enough distinct purchase days is worth trusting: three deals on two
+    # consecutive days are one gap of a day, not a daily habit.
+    own = (agg.visit_days >= cfg.cadence_min_purchases) & ~np.isnan(agg.median_gap)
     gap = agg.median_gap[own]
+    # The floors keep a fast rhythm from turning a short pause (a week away, a holiday)
+    # into "sleeping" or "lost": a daily buyer still has cadence_min_days (7) before
+    # sleeping and cadence_min_lost_days (14) before lost.
     own_sleeping = np.maximum(np.ceil(cfg.sleeping_gaps * gap), cfg.cadence_min_days)
-    own_lost = np.maximum(np.ceil(cfg.lost_gaps * gap), own_sleeping + 1)
+    own_lost = np.maximum(np.maximum(np.ceil(cfg.lost_gaps * gap), cfg.cadence_min_lost_days),
+                          own_sleeping + 1)
     sleeping[own] = own_sleeping.astype(np.int64)
     lost[own] = own_lost.astype(np.int64)
     return sleeping, lost

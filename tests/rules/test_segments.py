@@ -80,6 +80,37 @@ def test_cadence_needs_enough_purchases() -> None:
     assert got[1].lifecycle == "sleeping"
 
 
+def test_cadence_counts_distinct_purchase_days_not_deals() -> None:
+    # Three deals on two consecutive days: one 1-day gap, not a daily habit.  With deals
+    # counted it was "lost" after 8 days; with 2 distinct days < 3 the fixed thresholds
+    # apply: 44 days → active.
+    cadence = RulesConfig(lifecycle=LifecycleConfig(cadence=True))
+    got = states([won(1, 1, 45), won(2, 1, 44), won(3, 1, 44)], 1, cadence)
+    assert got[1].lifecycle == "active" and got[1].median_gap_days == 1.0
+
+
+@pytest.mark.parametrize(("days_since", "expected"), [
+    (6, "active"), (7, "sleeping"), (13, "sleeping"), (14, "lost")])
+def test_cadence_floors_for_a_daily_buyer(days_since: int, expected: str) -> None:
+    # Four days in a row (gaps 1, 1, 1), plus a first purchase 45 days ago so the customer
+    # is not "new": median gap 1, so 2 × g = 2 and 4 × g = 4 days are floored to 7
+    # (sleeping) and 14 (lost).
+    cadence = RulesConfig(lifecycle=LifecycleConfig(cadence=True))
+    deals = [won(i, 1, days_since + k) for i, k in enumerate(range(4), start=1)]
+    got = states([*deals, won(9, 1, 45)], 1, cadence)
+    assert got[1].median_gap_days == 1.0
+    assert got[1].lifecycle == expected
+
+
+def test_cadence_floors_are_configurable_and_ordered() -> None:
+    config = LifecycleConfig(cadence=True, cadence_min_days=3, cadence_min_lost_days=5)
+    cadence = RulesConfig(lifecycle=config)
+    deals = [won(i, 1, 5 + k) for i, k in enumerate(range(4), start=1)] + [won(9, 1, 45)]
+    assert states(deals, 1, cadence)[1].lifecycle == "lost"  # 5 days ≥ floor 5
+    with pytest.raises(ValueError, match="cadence_min_lost_days"):
+        LifecycleConfig(cadence_min_days=7, cadence_min_lost_days=7)
+
+
 def test_value_top_share_ranks_window_revenue() -> None:
     deals = [won(i, i, 10, amount=100.0 * i) for i in range(1, 11)]
     deals.append(won(11, 11, 400, amount=99999.0))  # outside the 365-day window
