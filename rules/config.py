@@ -6,6 +6,7 @@ setting.  docs/rules-config.example.toml documents every key.
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,6 +28,7 @@ __all__ = [
     "RulesConfig",
     "TierConfig",
     "ValueConfig",
+    "currency_code",
 ]
 
 Entity = Literal["contact", "deal", "company"]
@@ -36,11 +38,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _field_or_none(name: str | None) -> str | None:
+    """An optional CRM field name: "" (what a TOML file can write) means none, i.e. off."""
+    if name is None:
+        return None
+    return name.strip() or None
+
+
 class CustomerConfig(_Section):
     """Who the customer is and how to reach them."""
 
     kind: Literal["contact", "company"] = "contact"
     phone_region: str = "RU"
+
+
+def currency_code(name: str) -> str:
+    """A currency code as compared everywhere: trimmed, upper case ("rub " → "RUB")."""
+    return name.strip().upper()
 
 
 class PurchasesConfig(_Section):
@@ -52,17 +66,28 @@ class PurchasesConfig(_Section):
     currency: str = "RUB"
     rates: dict[str, float] = Field(default_factory=dict)
 
+    @field_validator("currency")
+    @classmethod
+    def _normalised_currency(cls, code: str) -> str:
+        return currency_code(code)
+
     @field_validator("rates")
     @classmethod
     def _positive_rates(cls, rates: dict[str, float]) -> dict[str, float]:
-        bad = [code for code, rate in rates.items() if rate <= 0]
+        bad = [code for code, rate in rates.items() if not 0 < rate < math.inf]  # NaN too
         if bad:
-            raise ValueError(f"rates must be > 0: {', '.join(bad)}")
-        return rates
+            raise ValueError(f"rates must be finite and > 0: {', '.join(bad)}")
+        normalised = {currency_code(code): rate for code, rate in rates.items()}
+        if len(normalised) != len(rates):
+            raise ValueError("rates name a currency twice (codes are case-insensitive)")
+        return normalised
 
 
 class LifecycleConfig(_Section):
-    """Lifecycle thresholds in whole days since the last (or first) purchase."""
+    """Lifecycle thresholds in whole days since the last (or first) purchase.
+
+    Cadence mode: ``cadence_min_purchases`` counts distinct purchase *days*.
+    """
 
     new_days: int = Field(30, ge=0)
     sleeping_days: int = Field(60, ge=1)
@@ -72,6 +97,7 @@ class LifecycleConfig(_Section):
     sleeping_gaps: float = Field(2.0, gt=0)
     lost_gaps: float = Field(4.0, gt=0)
     cadence_min_days: int = Field(7, ge=1)
+    cadence_min_lost_days: int = Field(14, ge=2)
 
     @model_validator(mode="after")
     def _ordered(self) -> LifecycleConfig:
@@ -79,6 +105,8 @@ class LifecycleConfig(_Section):
             raise ValueError("lost_days must be greater than sleeping_days")
         if self.lost_gaps <= self.sleeping_gaps:
             raise ValueError("lost_gaps must be greater than sleeping_gaps")
+        if self.cadence_min_lost_days <= self.cadence_min_days:
+            raise ValueError("cadence_min_lost_days must be greater than cadence_min_days")
         return self
 
 
@@ -180,6 +208,11 @@ class LoyaltyConfig(_Section):
     expiry_days: int = Field(0, ge=0)
     redeem_field: str | None = "UF_CRM_POINTS_SPENT"
 
+    @field_validator("redeem_field")
+    @classmethod
+    def _empty_is_off(cls, name: str | None) -> str | None:
+        return _field_or_none(name)
+
     @field_validator("tiers")
     @classmethod
     def _tiers_ordered(cls, tiers: tuple[TierConfig, ...]) -> tuple[TierConfig, ...]:
@@ -211,6 +244,11 @@ class ChurnConfig(_Section):
     ignored_entity: Entity = "contact"
     ignored_full: float = Field(3.0, gt=0)
     max_reasons: int = Field(3, ge=0)
+
+    @field_validator("ignored_field")
+    @classmethod
+    def _empty_is_off(cls, name: str | None) -> str | None:
+        return _field_or_none(name)
 
     @model_validator(mode="after")
     def _some_weight(self) -> ChurnConfig:

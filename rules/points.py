@@ -7,6 +7,7 @@ can never drift by a point.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
@@ -22,6 +23,7 @@ __all__ = [
     "birthday_mask",
     "condition_matches",
     "earn_points",
+    "field_number",
     "tier_index",
 ]
 
@@ -63,12 +65,21 @@ def birthday_mask(day: IntArray, month: IntArray, dom: IntArray, window: int,
     return hit & has
 
 
+_POINT = 1_000_000  # kopecks × basis points per point: 1 point = 100 kopecks × 10,000 bp
+
+
 def earn_points(amount_kop: IntArray, basis_points: IntArray, multiplier: IntArray) -> IntArray:
     """Points = amount × cashback × multiplier, rounded half up, exact in integers.
 
     1 point = 1 rouble = 100 kopecks and 1 % = 100 basis points, hence the 1_000_000.
     """
-    return (amount_kop * basis_points * multiplier + 500_000) // 1_000_000
+    # Split the amount into whole points' worth and the rest, so the products stay small:
+    # a 1e12-rouble deal at 100 % × a large birthday multiplier would overflow int64 if
+    # multiplied out in one go.  (h·P + l)·k + P/2 over P = h·k + (l·k + P/2) // P, exactly.
+    rate = basis_points * multiplier
+    whole, rest = np.divmod(amount_kop, _POINT)
+    points: IntArray = whole * rate + (rest * rate + _POINT // 2) // _POINT
+    return points
 
 
 def basis_points(percent: Decimal) -> int:
@@ -82,13 +93,23 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
+def field_number(value: Any) -> float | None:
+    """A CRM field as a finite number ("6", "6,0" with a decimal comma, 6.0), else None."""
+    if isinstance(value, bool):  # a flag, not a quantity
+        return None
+    text = value.replace(",", ".").strip() if isinstance(value, str) else value
+    try:
+        number = float(text)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def condition_matches(cond: FieldCondition, value: Any) -> bool:
     """Does a field ``value`` satisfy ``cond`` (equals / numeric max_value / truthy)?"""
     if cond.equals is not None:
         return str(value).strip() == cond.equals
     if cond.max_value is not None:
-        try:
-            return float(value) <= cond.max_value
-        except (TypeError, ValueError):
-            return False
+        number = field_number(value)
+        return number is not None and number <= cond.max_value
     return _truthy(value)
