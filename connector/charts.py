@@ -1,6 +1,8 @@
 """Small inline-SVG charts for the HTML report: no JavaScript, no network, no fonts.
 
 Every text that reaches the SVG is escaped; the page must open offline, years later.
+Each chart names itself in ``aria-label`` (``label``): what a screen reader announces, and
+what tells one chart from another in the page.
 """
 
 from __future__ import annotations
@@ -14,21 +16,22 @@ FONT = "font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif"
 BAR = "#3b6ea8"
 
 
-def bar_chart(items: Sequence[tuple[str, float]], *, unit: str = "", width: int = 460) -> str:
+def bar_chart(items: Sequence[tuple[str, float]], *, label: str, unit: str = "",
+              width: int = 460) -> str:
     """Horizontal bars with their labels and values."""
     if not items:
         return "<p class=muted>no data</p>"
     row_h, label_w = 26, 140
     top = max(value for _, value in items) or 1.0
     height = row_h * len(items) + 8
-    parts = [_svg_open(width, height)]
-    for i, (label, value) in enumerate(items):
+    parts = [_svg_open(width, height, label)]
+    for i, (name, value) in enumerate(items):
         y = 4 + i * row_h
         bar_w = (width - label_w - 70) * value / top
         parts.append(f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end" font-size="13">'
-                     f"{escape(label)}</text>")
+                     f"{escape(name)}</text>")
         parts.append(f'<rect x="{label_w}" y="{y + 4}" width="{bar_w:.1f}" height="{row_h - 8}"'
-                     f' rx="3" fill="{BAR}"><title>{escape(label)}: {value:,.0f}{unit}</title>'
+                     f' rx="3" fill="{BAR}"><title>{escape(name)}: {value:,.0f}{unit}</title>'
                      "</rect>")
         parts.append(f'<text x="{label_w + bar_w + 6:.1f}" y="{y + 17}" font-size="12" '
                      f'fill="#333">{value:,.0f}{escape(unit)}</text>')
@@ -36,7 +39,7 @@ def bar_chart(items: Sequence[tuple[str, float]], *, unit: str = "", width: int 
     return "".join(parts)
 
 
-def histogram(counts: Sequence[int], edges: Sequence[float], *, x_label: str,
+def histogram(counts: Sequence[int], edges: Sequence[float], *, label: str, x_label: str,
               fmt: str = "{:.1f}", width: int = 460, height: int = 220) -> str:
     """Vertical bars for ``counts`` between ``edges`` (len(edges) = len(counts) + 1)."""
     if not counts or sum(counts) == 0:
@@ -45,7 +48,7 @@ def histogram(counts: Sequence[int], edges: Sequence[float], *, x_label: str,
     plot_w, plot_h = width - left - 10, height - bottom - top_pad
     top = max(counts)
     bar_w = plot_w / len(counts)
-    parts = [_svg_open(width, height),
+    parts = [_svg_open(width, height, label),
              f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" '
              f'y2="{top_pad + plot_h}" stroke="#999"/>']
     for tick in (0, top // 2, top):
@@ -55,10 +58,10 @@ def histogram(counts: Sequence[int], edges: Sequence[float], *, x_label: str,
     for i, count in enumerate(counts):
         h = plot_h * count / top
         x = left + i * bar_w
-        label = f"{fmt.format(edges[i])}–{fmt.format(edges[i + 1])}: {count:,}"
+        tip = f"{fmt.format(edges[i])}–{fmt.format(edges[i + 1])}: {count:,}"
         parts.append(f'<rect x="{x + 1:.1f}" y="{top_pad + plot_h - h:.1f}" '
                      f'width="{bar_w - 2:.1f}" height="{h:.1f}" fill="{BAR}">'
-                     f"<title>{escape(label)}</title></rect>")
+                     f"<title>{escape(tip)}</title></rect>")
     for i in range(0, len(edges), max(1, len(edges) // 5)):
         x = left + i * bar_w
         anchor = "end" if i == len(edges) - 1 else "middle"  # keep the last tick inside
@@ -69,7 +72,8 @@ def histogram(counts: Sequence[int], edges: Sequence[float], *, x_label: str,
     return "".join(parts)
 
 
-def heatmap(rows: Sequence[tuple[str, int, Sequence[float]]], *, width: int = 900) -> str:
+def heatmap(rows: Sequence[tuple[str, int, Sequence[float]]], *, label: str,
+            width: int = 900) -> str:
     """Cohort retention: one row per cohort, one cell per month after the first purchase."""
     if not rows:
         return "<p class=muted>no cohorts yet</p>"
@@ -77,7 +81,7 @@ def heatmap(rows: Sequence[tuple[str, int, Sequence[float]]], *, width: int = 90
     label_w, cell_h, head = 120, 22, 24
     cell_w = min(56.0, (width - label_w - 10) / max(months, 1))
     height = head + cell_h * len(rows) + 46
-    parts = [_svg_open(width, height)]
+    parts = [_svg_open(width, height, label)]
     for k in range(months):
         parts.append(f'<text x="{label_w + k * cell_w + cell_w / 2:.1f}" y="{head - 8}" '
                      f'text-anchor="middle" font-size="11" fill="#555">{k}</text>')
@@ -117,6 +121,7 @@ def _shade(share: float) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _svg_open(width: int, height: int) -> str:
+def _svg_open(width: int, height: int, label: str) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" style="{FONT}" role="img">')
+            f'viewBox="0 0 {width} {height}" style="{FONT}" role="img" '
+            f'aria-label="{escape(label)}">')

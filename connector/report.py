@@ -13,6 +13,7 @@ from datetime import date, datetime
 from html import escape
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -95,13 +96,12 @@ def _metrics(result: RulesResult) -> dict[str, Any]:
 
 
 def _histogram(values: Sequence[float], edges: Sequence[float]) -> dict[str, Any]:
-    counts = [0] * (len(edges) - 1)
-    for value in values:
-        index = 0
-        while index < len(counts) - 1 and value >= edges[index + 1]:
-            index += 1
-        counts[index] += 1
-    return {"edges": list(edges), "counts": counts}
+    # Bin i holds edges[i] <= v < edges[i + 1]; the first and last bins also take what
+    # falls below or above the edges.
+    inner = np.asarray(edges[1:-1], dtype=np.float64)
+    bins = np.searchsorted(inner, np.asarray(values, dtype=np.float64), side="right")
+    counts = np.bincount(bins, minlength=len(edges) - 1)
+    return {"edges": list(edges), "counts": [int(c) for c in counts]}
 
 
 def _clv_edges(values: Sequence[float]) -> list[float]:
@@ -158,7 +158,11 @@ def render_terminal(data: Mapping[str, Any], console: Console) -> None:
     console.print(_headline_table(data))
     console.print(_distribution_table("Lifecycle", data["lifecycle"], data["customers"]),
                   _distribution_table("Value", data["value"], data["customers"]))
-    console.print(_distribution_table("Loyalty tiers", data["tiers"], data["customers"]))
+    console.print(_distribution_table("Loyalty tiers", data["tiers"], data["customers"]),
+                  _distribution_table("RFM groups (buyers)", data["rfm"], data["buyers"]))
+    console.print(_histogram_table("Churn risk (buyers)", data["churn_histogram"], "{:.1f}"),
+                  _histogram_table("Predicted CLV (buyers)", data["clv_histogram"],
+                                   "{:,.0f} ₽"))
     console.print(_cohort_table(data["cohorts"], console.width))
     console.print(_risk_table(data["at_risk"]))
     for note in data["notes"]:
@@ -180,6 +184,25 @@ def _distribution_table(title: str, counts: Mapping[str, int], total: int) -> Ta
         table.add_column(column, justify="left" if column == "segment" else "right")
     for name, count in counts.items():
         table.add_row(name, f"{count:,}", f"{count / total:.1%}" if total else "—")
+    return table
+
+
+def _histogram_table(title: str, histogram: Mapping[str, Any], fmt: str,
+                     width: int = 24) -> Table:
+    # A bar of block characters per bin: the shape of the distribution at a glance.
+    table = Table(title=title)
+    table.add_column("range")
+    table.add_column("customers", justify="right")
+    table.add_column("")
+    counts, edges = histogram["counts"], histogram["edges"]
+    top = max(counts, default=0)
+    if not top:
+        table.add_row("no data", "", "")
+        return table
+    for i, count in enumerate(counts):
+        bar = "█" * round(width * count / top)
+        table.add_row(f"{fmt.format(edges[i])} – {fmt.format(edges[i + 1])}", f"{count:,}",
+                      f"[blue]{bar}[/]")
     return table
 
 
@@ -231,21 +254,27 @@ def render_html(data: Mapping[str, Any]) -> str:
         f"{escape(data['period']['start'])} → {escape(data['period']['end'])}</p>",
         _cards(data["metrics"]),
         _section("Monthly cohort retention", heatmap(
-            [(c["cohort"], c["size"], c["retention"]) for c in data["cohorts"]]),
+            [(c["cohort"], c["size"], c["retention"]) for c in data["cohorts"]],
+            label="Cohort retention heatmap"),
             "Each row is the customers whose first purchase fell in that month; cell k is "
             "the share of them who bought again in month k."),
         "<div class=grid>",
-        _section("Lifecycle segments", bar_chart(list(data["lifecycle"].items()))),
-        _section("Value segments", bar_chart(list(data["value"].items()))),
-        _section("Loyalty tiers", bar_chart(list(data["tiers"].items()))),
+        _section("Lifecycle segments", bar_chart(list(data["lifecycle"].items()),
+                                                 label="Lifecycle segment sizes")),
+        _section("Value segments", bar_chart(list(data["value"].items()),
+                                             label="Value segment sizes")),
+        _section("Loyalty tiers", bar_chart(list(data["tiers"].items()),
+                                            label="Loyalty tier distribution")),
         _section("Churn risk", histogram([int(c) for c in data["churn_histogram"]["counts"]],
                                          data["churn_histogram"]["edges"],
+                                         label="Churn risk histogram",
                                          x_label="churn score (0 = safe, 1 = gone)")),
         _section("Predicted CLV", histogram([int(c) for c in data["clv_histogram"]["counts"]],
                                             data["clv_histogram"]["edges"],
+                                            label="Predicted CLV distribution",
                                             x_label="predicted value per buyer, ₽",
                                             fmt="{:,.0f}")),
-        _section("RFM groups", bar_chart(list(data["rfm"].items()))),
+        _section("RFM groups", bar_chart(list(data["rfm"].items()), label="RFM group sizes")),
         "</div>",
         _section("Customers to call first", _risk_html(data["at_risk"])),
         "".join(f"<p class=muted>note: {escape(n)}</p>" for n in data["notes"]),
