@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
@@ -78,3 +79,44 @@ def test_empty_base_has_undefined_ratios() -> None:
     m = compute([Contact(id=1)], [], [], RulesConfig(), datetime(2025, 3, 1, tzinfo=MSK)).metrics
     assert m.crr_percent is None and m.average_order_value is None
     assert m.cohorts == () and m.points_liability == 0
+
+
+def test_activity_window_boundaries_at_the_period_start() -> None:
+    # Period February 2025 = [02-01, 03-01), active_days 30: active at start means a
+    # purchase in [2025-01-02, 2025-02-01).
+    purchases = {
+        1: [(date(2025, 1, 2), 100.0)],    # exactly start − active_days: active at start
+        2: [(date(2025, 1, 1), 100.0)],    # one day earlier: not active at start
+        3: [(date(2025, 1, 31), 100.0)],   # the day before start: active at start
+        4: [(date(2025, 2, 1), 100.0)],    # exactly on start: in the period, new (N)
+    }
+    config = RulesConfig(metrics=MetricsConfig(active_days=30))
+    m = metrics_for(purchases, datetime(2025, 3, 10, 12, tzinfo=MSK), config)
+    assert (m.period_start, m.period_end) == (date(2025, 2, 1), date(2025, 3, 1))
+    # S = {1, 3}; at end (purchase in [01-30, 03-01)): {3, 4}; N = {4}; retained = {3}
+    assert (m.customers_at_start, m.customers_at_end, m.new_customers) == (2, 2, 1)
+    assert (m.first_time_customers, m.retained_customers) == (1, 1)
+    assert (m.period_purchases, m.period_revenue) == (1, 100.0)
+    assert m.crr_percent == pytest.approx(50.0)  # (2 − 1) / 2
+
+
+def test_points_liability_counts_positive_balances_only() -> None:
+    # Customer 1 earns 30 on deal 1, spends them on deal 2 (0 ₽), then deal 1 is lost: the
+    # reversal takes back 30 already spent, balance −30 (a debt).  Customer 2 holds 60.
+    # The shop owes 60, not 60 − 30.
+    def won(deal_id: int, contact: int, day: date, amount: float, **fields: str) -> Deal:
+        moment = datetime.combine(day, time(12), MSK)
+        return Deal(id=deal_id, contact_id=contact, company_id=None, title=None,
+                    amount=amount, currency="RUB", status="won", created_at=moment,
+                    closed_at=moment, fields=fields)
+
+    as_of = datetime(2025, 3, 10, 12, tzinfo=MSK)
+    deals = [won(1, 1, date(2025, 2, 1), 1000.0),
+             won(2, 1, date(2025, 2, 5), 0.0, UF_CRM_POINTS_SPENT="30"),
+             won(3, 2, date(2025, 2, 7), 2000.0)]
+    contacts = [Contact(id=1), Contact(id=2)]
+    first = compute(contacts, deals, [], RulesConfig(), as_of)
+    lost = [replace(deals[0], status="lost"), *deals[1:]]
+    second = compute(contacts, lost, [], RulesConfig(), as_of, list(first.ledger))
+    assert [s.points_balance for s in second.states] == [-30, 60]
+    assert second.metrics.points_liability == 60

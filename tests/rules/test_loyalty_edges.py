@@ -1,0 +1,69 @@
+"""Ledger edge cases: the Silver → Gold step, a company customer, expiry on its exact day."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from rules.config import CustomerConfig, LoyaltyConfig, RulesConfig
+from rules.engine import compute
+from rules.models import Company, Contact, Deal
+
+MSK = ZoneInfo("Europe/Moscow")
+AS_OF = datetime(2025, 3, 1, 12, 0, tzinfo=MSK)
+
+
+def won(deal_id: int, day: date, contact: int | None = 1, company: int | None = None,
+        amount: float = 1000.0) -> Deal:
+    moment = datetime.combine(day, time(12), MSK)
+    return Deal(id=deal_id, contact_id=contact, company_id=company, title=None,
+                amount=amount, currency="RUB", status="won", created_at=moment,
+                closed_at=moment)
+
+
+def ago(days: int) -> date:
+    return AS_OF.date() - timedelta(days=days)
+
+
+def test_the_26th_purchase_earns_silver_and_the_27th_gold() -> None:
+    # The Nth purchase earns at the tier of N − 1 prior purchases: 25 prior → Silver 5 %
+    # (1000 ₽ → 50), 26 prior → Gold 7 % (→ 70).
+    result = compute([Contact(id=1)], [won(i, ago(300 - i)) for i in range(1, 28)], [],
+                     RulesConfig(), AS_OF)
+    earns = [(e.points, e.tier_at_purchase) for e in result.ledger]
+    assert earns[24:] == [(50, "Silver"), (50, "Silver"), (70, "Gold")]  # #25, #26, #27
+    # 11 × 30 (Bronze) + 15 × 50 (Silver, #12–#26) + 70 (Gold)
+    assert result.states[0].points_balance == 11 * 30 + 15 * 50 + 70
+    assert result.states[0].tier == "Gold"
+
+
+def test_a_company_customer_has_its_own_ledger_and_tier() -> None:
+    # The deals count for company 10, not for the contact on them; the contact's birthday
+    # (the day of purchase #12) does not double a company's points.
+    config = RulesConfig(customer=CustomerConfig(kind="company"))
+    contact = Contact(id=1, birthday=ago(3).replace(year=1990))
+    deals = [won(i, ago(100 - i), contact=1, company=10) for i in range(1, 12)]
+    deals.append(won(50, ago(3), contact=1, company=10))
+    result = compute([contact], deals, [Company(id=10)], config, AS_OF)
+    assert {e.customer_id for e in result.ledger} == {10}
+    assert [e.points for e in result.ledger] == [30] * 11 + [50]  # #12 at Silver, no ×2
+    state = result.states[0]
+    assert (state.customer_id, state.customer_kind, state.tier) == (10, "company", "Silver")
+    assert (state.points_balance, state.purchases_to_next_tier) == (11 * 30 + 50, 14)
+    assert state.perks == ("free delivery",)
+
+
+@pytest.mark.parametrize(("as_of_day", "balance"), [(date(2025, 2, 28), 30),
+                                                    (date(2025, 3, 1), 0)])
+def test_points_expire_on_the_day_credit_day_plus_expiry_days(as_of_day: date,
+                                                               balance: int) -> None:
+    # Credited on 2025-01-30 with expiry_days = 30: valid through 2025-02-28, expired at
+    # the start of 2025-03-01 = d + 30, so an as_of on that very day shows the expiry.
+    config = RulesConfig(loyalty=LoyaltyConfig(expiry_days=30))
+    as_of = datetime.combine(as_of_day, time(12), MSK)
+    result = compute([Contact(id=1)], [won(1, date(2025, 1, 30))], [], config, as_of)
+    assert result.states[0].points_balance == balance
+    expiries = [(e.entry_key, e.points, e.at) for e in result.ledger if e.kind == "expire"]
+    assert expiries == ([] if balance else [("expire:earn:deal:1", -30, date(2025, 3, 1))])
