@@ -143,7 +143,7 @@ def check(ctx: click.Context) -> None:
 @click.option("--html", "html_path", metavar="FILE", default=None,
               help="Also write a self-contained HTML page with charts.")
 @click.option("--as-of", "as_of", metavar="YYYY-MM-DD", default=None,
-              help="Compute as at the end of this day (default: now).")
+              help="Compute as at the end of this day (default: now); shown, not stored.")
 @click.option("--top", default=20, show_default=True, help="At-risk customers to list.")
 @click.pass_context
 def report(ctx: click.Context, as_json: bool, html_path: str | None, as_of: str | None,

@@ -160,10 +160,11 @@ def test_one_time_buyers_keep_the_signal_score(monkeypatch: pytest.MonkeyPatch) 
     deals = [*base_deals(), purchase(999, 41, 322, 1000.0)]
     result = compute([Contact(id=i) for i in range(1, 42)], deals, [], RulesConfig(), AS_OF)
     gone = result.states[40]
-    assert (gone.purchases, gone.p_alive, gone.model_used) == (1, 1.0, "bgnbd")
+    # the model's own figure is kept, but it did not score this customer's risk
+    assert (gone.purchases, gone.p_alive, gone.model_used) == (1, 1.0, "signals")
     assert gone.churn_score == pytest.approx(0.6)
     repeat = result.states[0]  # signals 0, blended: 0.5 × 0 + 0.5 × (1 − 1.0)
-    assert repeat.churn_score == 0.0
+    assert (repeat.churn_score, repeat.model_used) == (0.0, "bgnbd")
 
 
 def test_a_degenerate_bgnbd_fit_falls_back_to_signals_with_a_note() -> None:
