@@ -32,6 +32,7 @@ from connector.errors import MirrorError
 
 __all__ = [
     "ENTITY_TABLES",
+    "RULES_SCAN_INDEXES",
     "Mirror",
     "Reject",
     "SyncState",
@@ -146,6 +147,25 @@ def m003_custom_fields_and_clustered_results(db: Database) -> None:
         db.execute(f"insert into {table}_clustered select * from {table} order by {key}")
         db.execute(f"drop table {table}")
         db.execute(f"alter table {table}_clustered rename to {table}")
+
+
+# Everything the rules read from deals and contacts (connector/rules_io.py): a full scan
+# of one of these narrow indexes reads a fraction of the pages of its table, whose rows
+# are mostly ``raw`` JSON.  tests/connector/test_rules_io.py checks the scans use them.
+RULES_SCAN_INDEXES = {
+    "deals_rules_scan": ("deals", ("id", "contact_id", "company_id", "status", "amount",
+                                   "currency", "category_id", "closed_at", "created_at",
+                                   "deleted_at", "custom_fields")),
+    "contacts_rules_scan": ("contacts", ("id", "deleted_at", "phones", "emails",
+                                         "birthday", "custom_fields")),
+}
+
+
+@migrations()
+def m004_rules_scan_indexes(db: Database) -> None:
+    """Covering indexes for the rules' full scans of deals and contacts."""
+    for name, (table, columns) in RULES_SCAN_INDEXES.items():
+        db.execute(f"create index if not exists {name} on [{table}] ({', '.join(columns)})")
 
 
 @dataclass(frozen=True)

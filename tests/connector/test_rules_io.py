@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from connector import rules_store
+from connector import rules_io, rules_store
 from connector.errors import MirrorError
 from connector.mirror import Mirror, SyncState
 from connector.parallel import can_fork
 from connector.rules_io import load_inputs, run_rules
+from rules.columns import wanted_fields
 from rules.config import CustomerConfig, RulesConfig
 from rules.engine import compute
 
@@ -335,3 +336,18 @@ def test_a_failing_ledger_child_keeps_the_previous_results(
         run_rules(mirror, RulesConfig(), as_of=LATER)
     assert stored(mirror) == before
     assert not list(tmp_path.glob("*stage*"))
+
+
+@pytest.mark.parametrize("kind", ["contact", "company"])
+def test_the_rules_scans_read_the_narrow_covering_indexes(kind: str) -> None:
+    mirror = rich_shop()
+    config = RICH.model_copy(update={"customer": CustomerConfig(kind=kind)})
+    custom, _ = rules_io._custom_sql(wanted_fields(config)[0])
+    deal_sql, params = rules_io._deal_sql(config, custom)
+    plan = " ".join(row[3] for row in mirror.db.execute(f"explain query plan {deal_sql}",
+                                                        params).fetchall())
+    assert "USING COVERING INDEX deals_rules_scan" in plan
+    contacts_sql = rules_io._record_sql("contacts")
+    plan = " ".join(row[3] for row in mirror.db.execute(
+        f"explain query plan {contacts_sql}").fetchall())
+    assert "USING COVERING INDEX contacts_rules_scan" in plan
