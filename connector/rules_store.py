@@ -15,8 +15,10 @@ writes both tables itself, in order.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, fields
 from datetime import date, datetime
@@ -32,6 +34,8 @@ from connector.parallel import can_fork, start_forked
 from rules.models import CustomerState, LedgerEntry, Metrics, RowSequence, RulesResult
 
 __all__ = ["mirror_file", "store_result"]
+
+log = logging.getLogger("crm_retention.rules")
 
 _BATCH = 20_000  # rows built per chunk: bounded memory, few executemany calls
 # Below this many ledger rows a child process costs more than it saves.
@@ -193,8 +197,10 @@ def _write_stage(stage: Path, ledger: Sequence[LedgerEntry], kind: str) -> int:
         conn.execute("pragma journal_mode = off")
         conn.execute("pragma synchronous = off")
         conn.execute("begin")
+        started = time.perf_counter()
         conn.executemany(_ledger_insert(kind), _ledger_rows(ledger))
         conn.execute("commit")
+        log.debug("ledger staged in %.1f s (forked child)", time.perf_counter() - started)
         return int(conn.execute("select count(*) from points_ledger").fetchone()[0])
     finally:
         conn.close()
@@ -213,10 +219,16 @@ def _store_with_staged_ledger(mirror: Mirror, path: Path, result: RulesResult, k
         db.execute("attach database ? as stage", [str(stage)])  # not allowed inside a txn
         try:
             with db.atomic():
+                started = time.perf_counter()
                 _write_states(db, result.states, kind, computed_at)
+                states = time.perf_counter()
                 staged = child.result()
+                waited = time.perf_counter()
                 _clear(db, "points_ledger", kind)
                 db.execute("insert into main.points_ledger select * from stage.points_ledger")
+                log.debug("states %.1f s, then waited %.1f s for the ledger, copied it in "
+                          "%.1f s", states - started, waited - states,
+                          time.perf_counter() - waited)
                 if staged != len(result.ledger):
                     raise MirrorError(f"staged {staged:,} ledger rows of "
                                       f"{len(result.ledger):,}; nothing was stored")

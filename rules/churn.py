@@ -6,13 +6,12 @@ can be fitted (and the fit is plausible, see ``fit_models``), the engine blends
 ``churn = (1 − k)·signals + k·(1 − p_alive)`` with ``k = model.churn_weight`` for repeat
 buyers; one-time buyers, and everyone when there is no usable fit, keep the signal score
 (``model_used = "signals"`` without a fit).  Reason texts are built only when a customer's
-state is read.
+state is read (``rules.reasons``).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +24,6 @@ from rules.points import condition_matches, field_number
 __all__ = [
     "ChurnSignals",
     "ModelFit",
-    "churn_reason_column",
-    "churn_reasons",
     "churn_signals",
     "fit_models",
     "fit_sample",
@@ -190,79 +187,6 @@ def churn_signals(history: PurchaseHistory, agg: Aggregates, cfg: ChurnConfig) -
     return ChurnSignals(overdue, since_last, rhythm, own, frequency, recent_visits,
                         usual_visits, window_span, check, recent_avg, previous_avg, feedback,
                         feedback_text, ignored, ignored_text, score)
-
-
-def _overdue_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
-    days, rhythm = int(s.since_last[row]), round(float(s.rhythm[row]))
-    if s.own_rhythm[row]:
-        return f"{days - rhythm} days overdue vs usual {rhythm}-day rhythm"
-    return f"{days} days since the only purchase day (expected within {rhythm})"
-
-
-def _frequency_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
-    recent, usual, span = (int(v[row]) for v in (s.recent_visits, s.usual_visits,
-                                                 s.window_span))
-    days = "purchase day" if recent == 1 else "purchase days"
-    said = f"{recent} {days}" if recent else "no purchase"
-    return f"{said} in the last {span} days" + (f" (usually {usual})" if usual > 0 else "")
-
-
-def _check_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
-    return (f"average check fell {1 - s.recent_avg[row] / s.previous_avg[row]:.0%} "
-            f"({s.recent_avg[row]:,.0f} vs {s.previous_avg[row]:,.0f})")
-
-
-def _feedback_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
-    return s.feedback_text.get(row, "negative feedback")
-
-
-def _ignored_text(s: ChurnSignals, row: int, cfg: ChurnConfig) -> str:
-    return s.ignored_text.get(row, "communications ignored")
-
-
-# In signal order: equal contributions keep this order (both rankings below are stable).
-_TEXTS: tuple[Callable[[ChurnSignals, int, ChurnConfig], str], ...] = (
-    _overdue_text, _frequency_text, _check_text, _feedback_text, _ignored_text)
-
-
-def _contributions(s: ChurnSignals, rows: slice | int, cfg: ChurnConfig) -> list[Any]:
-    return [cfg.weight_overdue * s.overdue[rows], cfg.weight_frequency * s.frequency[rows],
-            cfg.weight_check * s.check[rows], cfg.weight_feedback * s.feedback[rows],
-            cfg.weight_ignored * s.ignored[rows]]
-
-
-def _with_model(texts: list[str], p_alive: float | None, cfg: ChurnConfig) -> tuple[str, ...]:
-    if p_alive is not None and p_alive < 0.5 and len(texts) < cfg.max_reasons:
-        texts.append(f"model: {p_alive:.0%} chance still active")
-    return tuple(texts)
-
-
-def churn_reasons(signals: ChurnSignals, row: int, cfg: ChurnConfig,
-                  p_alive: float | None = None) -> tuple[str, ...]:
-    """Up to ``max_reasons`` short texts, strongest contribution first."""
-    weights = _contributions(signals, row, cfg)
-    ranked = sorted((i for i in range(len(_TEXTS)) if weights[i] > 0),
-                    key=lambda i: -weights[i])
-    texts = [_TEXTS[i](signals, row, cfg) for i in ranked[: cfg.max_reasons]]
-    return _with_model(texts, p_alive, cfg)
-
-
-def churn_reason_column(signals: ChurnSignals, lo: int, hi: int, cfg: ChurnConfig,
-                        buyer: list[bool], p_alive: list[float | None]
-                        ) -> list[tuple[str, ...]]:
-    """``churn_reasons`` of rows lo:hi (``()`` for non-buyers), ranked with numpy."""
-    weights = np.stack(_contributions(signals, slice(lo, hi), cfg), axis=1)
-    order = np.argsort(-weights, axis=1, kind="stable")[:, : cfg.max_reasons]
-    positive = np.take_along_axis(weights, order, axis=1) > 0
-    out: list[tuple[str, ...]] = []
-    for k, (picks, keep) in enumerate(zip(order.tolist(), positive.tolist(), strict=True)):
-        if not buyer[k]:
-            out.append(())
-            continue
-        texts = [_TEXTS[i](signals, lo + k, cfg) for i, ok in zip(picks, keep, strict=True)
-                 if ok]
-        out.append(_with_model(texts, p_alive[k], cfg))
-    return out
 
 
 def _not_fitted(n: int, note: str) -> ModelFit:

@@ -16,14 +16,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from rules.churn import (
-    ChurnSignals,
-    ModelFit,
-    churn_reason_column,
-    churn_reasons,
-    churn_signals,
-    fit_models,
-)
+from rules.churn import ChurnSignals, ModelFit, churn_signals, fit_models
 from rules.columns import (
     DealColumns,
     PreviousLedger,
@@ -54,6 +47,7 @@ from rules.models import (
     RowSequence,
     RulesResult,
 )
+from rules.reasons import churn_reason_column, churn_reasons
 from rules.rfm import RfmScores, rfm_scores
 from rules.segments import LIFECYCLES, VALUE_SEGMENTS, channels_of, lifecycle_codes, value_codes
 
