@@ -8,8 +8,10 @@ Usage::
     /tmp/benchvenv/bin/python bench/rules.py --fit-only   # fit comparison with lifetimes
 
 The synthetic mirror is cached under ``bench/out/`` (gitignored) per size and seed.  Each
-recompute runs in a fresh child process, so its peak RSS (``ru_maxrss``) is the recompute's
-alone — reading the mirror, computing and storing — not the generator's.
+recompute runs in a fresh child process, so its memory is the recompute's alone — reading
+the mirror, computing and storing — not the generator's.  The recompute forks helpers of
+its own (``connector/parallel.py``); peak memory is the sampled peak of the PSS summed over
+that process and its children, so pages they share copy-on-write are counted once.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +298,58 @@ def hwm_mb() -> float | None:
     return None
 
 
-def recompute(path: Path, fresh: bool) -> dict[str, Any]:
+class TreeMemory:
+    """Peak proportional memory (PSS) of this process plus its children, sampled.
+
+    The recompute forks children that share the parent's pages copy-on-write: summing
+    every process's RSS would count those pages twice, PSS splits each shared page
+    between its sharers, so the sum is what the machine really spends.
+    """
+
+    def __init__(self, every_s: float = 0.25) -> None:
+        self.every_s, self.peak_mb = every_s, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        pids = [os.getpid(), *_children(os.getpid())]
+        self.peak_mb = max(self.peak_mb, sum(_pss_kb(pid) for pid in pids) / 1024)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in task.read_text().split()]
+        except OSError:  # the task ended meanwhile
+            continue
+    return found
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:  # the child ended between listing and reading
+        pass
+    return 0
+
+
+def recompute(path: Path, fresh: bool, days_later: int = 0) -> dict[str, Any]:
     """One full recompute (``run_rules`` with store) of the mirror at ``path``."""
     from connector.mirror import Mirror
     from connector.rules_io import run_rules
@@ -305,14 +360,17 @@ def recompute(path: Path, fresh: bool) -> dict[str, Any]:
             for name in ("customer_state", "points_ledger", "metric_snapshots"):
                 mirror.db.execute(f"delete from {name}")
     rss_before = peak_rss_mb()
-    started = time.perf_counter()
-    result = run_rules(mirror, bench_config(), as_of=AS_OF)
-    seconds = time.perf_counter() - started
+    with TreeMemory() as memory:
+        started = time.perf_counter()
+        result = run_rules(mirror, bench_config(), as_of=AS_OF + timedelta(days=days_later))
+        seconds = time.perf_counter() - started
     ledger = mirror.db.execute("select count(*) from points_ledger").fetchone()[0]
     mirror.close()
     hwm = hwm_mb()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(peak_rss_mb()),
             "vm_hwm_mb": round(hwm) if hwm is not None else None,
+            "tree_pss_mb": round(memory.peak_mb), "child_rss_mb": round(children),
             "rss_before_mb": round(rss_before), "states": len(result.states),
             "ledger_rows": ledger, "crr_percent": result.metrics.crr_percent,
             "notes": list(result.notes)}
@@ -328,8 +386,6 @@ def run_child(args: list[str]) -> dict[str, Any]:
 
 def machine() -> str:
     """nproc, RAM and Python version: what the figures depend on."""
-    import os
-
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return (f"{os.cpu_count()} CPUs, {pages / 2**30:.0f} GiB RAM, "
             f"Python {platform.python_version()}, {platform.machine()}")
@@ -343,13 +399,16 @@ def bench_recompute(customers: int, deals: int, seed: int) -> None:
         generate(path, customers, deals, seed)
         print(f"generated {path.name} ({path.stat().st_size / 2**30:.2f} GiB) in "
               f"{time.perf_counter() - started:.0f} s")
-    for label, flag in (("first run (empty ledger)", "--fresh"),
-                        ("recompute (previous ledger stored)", "--again")):
-        figures = run_child(["--child", str(path), flag])
-        print(f"{label}: {figures['seconds']} s, peak RSS {figures['vm_hwm_mb']} MiB "
-              f"(VmHWM; ru_maxrss {figures['peak_rss_mb']} MiB, "
-              f"{figures['rss_before_mb']} MiB before reading); {figures['states']:,} "
-              f"states, {figures['ledger_rows']:,} ledger rows")
+    runs = (("first run (empty ledger)", ["--fresh"]),
+            ("recompute, same as_of (previous ledger stored)", ["--again"]),
+            ("next day (as_of + 1 day, previous ledger stored)", ["--again", "--days-later",
+                                                                  "1"]))
+    for label, flags in runs:
+        figures = run_child(["--child", str(path), *flags])
+        print(f"{label}: {figures['seconds']} s; peak memory {figures['tree_pss_mb']} MiB "
+              f"(PSS of the recompute and its forked children; parent VmHWM "
+              f"{figures['vm_hwm_mb']} MiB, largest child RSS {figures['child_rss_mb']} MiB); "
+              f"{figures['states']:,} states, {figures['ledger_rows']:,} ledger rows")
         print(f"  notes: {figures['notes']}")
 
 
@@ -364,9 +423,10 @@ def main() -> None:
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--days-later", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(recompute(args.child, fresh=args.fresh)))
+        print(json.dumps(recompute(args.child, fresh=args.fresh, days_later=args.days_later)))
         return
     print(f"machine: {machine()}; {datetime.now(UTC):%Y-%m-%d}")
     if not args.fit_only:
