@@ -168,6 +168,16 @@ def m004_rules_scan_indexes(db: Database) -> None:
         db.execute(f"create index if not exists {name} on [{table}] ({', '.join(columns)})")
 
 
+@migrations()
+def m005_ledger_fingerprint(db: Database) -> None:
+    """``points_ledger.fingerprint``: a hash of each row's content (rules/ledger_rows.py).
+
+    A recompute compares fingerprints to rewrite only the entries that changed.  Rows of
+    earlier versions have none and are rewritten by the next recompute.
+    """
+    db.execute("alter table points_ledger add column fingerprint integer")
+
+
 @dataclass(frozen=True)
 class SyncState:
     """Where one entity's sync stands. Pure data: ``connector.sync`` advances it."""

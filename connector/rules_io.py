@@ -31,12 +31,17 @@ from sqlite_utils import Database
 from connector.mirror import Mirror
 from connector.parallel import can_fork, start_forked
 from connector.rules_store import mirror_file, store_result
+from connector.stored_ledger import (
+    StoredLedger,
+    load_previous_columns,
+    load_previous_ledger,
+    read_stored,
+)
 from rules.columns import (
     Codes,
     DealColumns,
     FieldValues,
     IntArray,
-    PreviousLedger,
     RecordColumns,
     reachability,
     utc_micros,
@@ -49,8 +54,6 @@ from rules.models import (
     Contact,
     Deal,
     DealStatus,
-    LedgerEntry,
-    LedgerKind,
     RulesResult,
 )
 
@@ -144,13 +147,6 @@ def load_deals(mirror: Mirror) -> list[Deal]:
 def load_inputs(mirror: Mirror) -> tuple[list[Contact], list[Deal], list[Company]]:
     """Contacts, deals and companies of the mirror as ``rules`` records (deleted included)."""
     return load_contacts(mirror), load_deals(mirror), load_companies(mirror)
-
-
-def load_previous_ledger(mirror: Mirror, kind: str) -> list[LedgerEntry]:
-    """The stored ledger of ``kind`` customers (another kind's ids would mean other people)."""
-    sql = (f"select {_LEDGER_COLUMNS} from points_ledger where customer_kind = ? "
-           "order by rowid")
-    return [_entry(r) for r in mirror.db.execute(sql, [kind]).fetchall()]
 
 
 # -- columnar reading (the scale path) ---------------------------------------------------
@@ -343,68 +339,6 @@ def load_columns(mirror: Mirror, config: RulesConfig
             load_record_columns(mirror, "companies", config))
 
 
-_LEDGER_COLUMNS = "customer_id, kind, deal_id, points, at, tier_at_purchase, reason, entry_key"
-
-
-def _entry(r: Sequence[Any]) -> LedgerEntry:
-    return LedgerEntry(r[0], cast(LedgerKind, r[1]), r[2], r[3], date.fromisoformat(r[4]),
-                       r[5], r[6] or "", r[7])
-
-
-class _StoredEarns:
-    """Fetches stored earn entries by position, for the few the engine carries over."""
-
-    def __init__(self, mirror: Mirror, customers: npt.NDArray[np.int64],
-                 deals: npt.NDArray[np.int64]) -> None:
-        self.mirror = mirror
-        self.customers = customers
-        self.deals = deals
-
-    def __call__(self, positions: npt.NDArray[np.int64]) -> list[LedgerEntry]:
-        # The primary key (customer_id, entry_key) finds each one; earn keys are
-        # "earn:deal:<id>" by construction in rules.loyalty.
-        sql = (f"select {_LEDGER_COLUMNS} from points_ledger where customer_id = ? "
-               "and entry_key = ?")
-        wanted = zip(self.customers[positions].tolist(), self.deals[positions].tolist(),
-                     strict=True)
-        return [_entry(self.mirror.db.execute(sql, [c, f"earn:deal:{d}"]).fetchone())
-                for c, d in wanted]
-
-
-@dataclass(frozen=True)
-class _PreviousColumns:
-    """The stored ledger as plain data (picklable: it may come from a child process)."""
-
-    customers: npt.NDArray[np.int64]
-    deals: npt.NDArray[np.int64]
-    points: npt.NDArray[np.int64]
-    others: list[LedgerEntry]
-
-    def ledger(self, mirror: Mirror) -> PreviousLedger:
-        """As the engine reads it; earns that vanished are fetched from ``mirror``."""
-        return PreviousLedger(earn_customer=self.customers, earn_deal=self.deals,
-                              earn_points=self.points,
-                              earn_entries=_StoredEarns(mirror, self.customers, self.deals),
-                              others=self.others)
-
-
-def _previous_columns(mirror: MirrorReader, kind: str) -> _PreviousColumns:
-    sql = ("select customer_id, coalesce(deal_id, -1), points from points_ledger "
-           "where customer_kind = ? and kind = 'earn'")
-    cursor = mirror.db.execute(sql, [kind])
-    earns = np.fromiter(cursor, dtype=[("customer", "i8"), ("deal", "i8"), ("points", "i8")])
-    others = mirror.db.execute(
-        f"select {_LEDGER_COLUMNS} from points_ledger where customer_kind = ? "
-        "and kind in ('bonus', 'redeem', 'reversal')", [kind]).fetchall()
-    return _PreviousColumns(earns["customer"].copy(), earns["deal"].copy(),
-                            earns["points"].copy(), [_entry(r) for r in others])
-
-
-def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:
-    """The stored ledger of ``kind`` customers, earns as columns (fetched in full on demand)."""
-    return _previous_columns(mirror, kind).ledger(mirror)
-
-
 @dataclass(frozen=True)
 class _Reader:
     """A read-only connection shaped like a mirror, for the loaders."""
@@ -412,34 +346,54 @@ class _Reader:
     db: Database
 
 
-def _read_side(path: Path, config: RulesConfig, kind: str
-               ) -> tuple[RecordColumns, RecordColumns, _PreviousColumns]:
-    """Contacts, companies and the previous ledger, read through a connection of its own."""
-    reader = _Reader(Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True)))
+def _read_records(path: Path, config: RulesConfig) -> tuple[RecordColumns, RecordColumns]:
+    """Contacts and companies, read through a connection of its own (in a child)."""
+    reader = _Reader(_read_only(path))
     try:
         return (load_record_columns(reader, "contacts", config),
-                load_record_columns(reader, "companies", config),
-                _previous_columns(reader, kind))
+                load_record_columns(reader, "companies", config))
     finally:
         reader.db.conn.close()
 
 
-def _load_all(mirror: Mirror, config: RulesConfig, kind: str) -> list[Any]:
-    """[contacts, deals, companies, previous ledger]; on a file mirror the biggest read,
-    the deal scan, runs here while a forked child reads the rest (each read is GIL-bound
-    Python work, so threads could not overlap them)."""
+def _read_ledger(path: Path, kind: str) -> StoredLedger:
+    """The stored ledger, read through a connection of its own (in a child)."""
+    reader = _Reader(_read_only(path))
+    try:
+        return read_stored(reader, kind)
+    finally:
+        reader.db.conn.close()
+
+
+def _read_only(path: Path) -> Database:
+    return Database(sqlite3.connect(f"file:{path}?mode=ro", uri=True))
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Everything a recompute reads from the mirror."""
+
+    contacts: RecordColumns
+    deals: DealColumns
+    companies: RecordColumns
+    stored: StoredLedger
+
+
+def _load_all(mirror: Mirror, config: RulesConfig, kind: str) -> _Inputs:
+    """Every input of a recompute.  On a file mirror the biggest read, the deal scan, runs
+    here while two forked children read the records and the stored ledger (each read is
+    GIL-bound Python work, so threads could not overlap them)."""
     path = mirror_file(mirror)
-    side = (start_forked(partial(_read_side, path, config, kind),
-                         "reading contacts and the previous ledger")
-            if path is not None and can_fork() else None)
-    deals = load_deal_columns(mirror, config)
-    if side is not None:
-        contacts, companies, previous = side.result()
-    else:
+    if path is None or not can_fork():
         contacts = load_record_columns(mirror, "contacts", config)
         companies = load_record_columns(mirror, "companies", config)
-        previous = _previous_columns(mirror, kind)
-    return [contacts, deals, companies, previous.ledger(mirror)]
+        return _Inputs(contacts, load_deal_columns(mirror, config), companies,
+                       read_stored(mirror, kind))
+    records = start_forked(partial(_read_records, path, config), "reading contacts")
+    ledger = start_forked(partial(_read_ledger, path, kind), "reading the stored ledger")
+    deals = load_deal_columns(mirror, config)
+    contacts, companies = records.result()
+    return _Inputs(contacts, deals, companies, ledger.result())
 
 
 @contextmanager
@@ -474,14 +428,18 @@ def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = N
     with _cyclic_gc_paused():
         inputs = _load_all(mirror, config, kind)
         read = time.perf_counter()
-        previous = inputs.pop()
-        # Popped straight into the call, so compute_columns holds the only references to
-        # the raw columns and can free them once its purchase history is built.
-        result = compute_columns(inputs.pop(0), inputs.pop(0), inputs.pop(0), config,
-                                 as_of, previous)
+        stored = inputs.stored
+        # The columns go straight into the call and the holder is dropped, so
+        # compute_columns holds the only references and can free them once its purchase
+        # history is built.
+        contacts, deals, companies = inputs.contacts, inputs.deals, inputs.companies
+        del inputs
+        result = compute_columns(contacts, deals, companies, config, as_of,
+                                 stored.previous(mirror))
         computed = time.perf_counter()
         if store:
-            store_result(mirror, result, kind, as_of, now.isoformat(timespec="seconds"))
+            store_result(mirror, result, kind, as_of, now.isoformat(timespec="seconds"),
+                         stored=stored)
     log.info("rules: %d customers, %d ledger entries; read %.1f s, compute %.1f s, "
              "store %.1f s", len(result.states), len(result.ledger), read - started,
              computed - read, time.perf_counter() - computed)

@@ -274,4 +274,5 @@ def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: Reco
     notes = (*history.notes, *cols.ledger.notes, *cols.model.notes)
     states = RowSequence(len(customers), _state_maker(cols, config),
                          _state_columns(cols, config))
-    return RulesResult(states=states, ledger=cols.ledger.entries, metrics=metrics, notes=notes)
+    return RulesResult(states=states, ledger=cols.ledger.entries, metrics=metrics, notes=notes,
+                       ledger_view=cols.ledger.view)

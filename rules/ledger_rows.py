@@ -9,9 +9,11 @@ asks for :meth:`LedgerRows.columns`, which builds plain lists field by field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import date, timedelta
+from functools import lru_cache
 from operator import attrgetter
 from typing import Any
 
@@ -21,11 +23,30 @@ import numpy.typing as npt
 from rules.columns import BoolArray, IntArray
 from rules.models import LedgerEntry
 
-__all__ = ["EARN", "EXPIRY", "EXTRA", "LedgerRows"]
+__all__ = [
+    "EARN",
+    "EARN_KEY",
+    "EXPIRY",
+    "EXPIRY_KEY",
+    "EXTRA",
+    "KINDS",
+    "OTHER_KEY",
+    "LedgerRows",
+    "entry_fingerprint",
+    "expiry_reason",
+    "fingerprints",
+    "key_identity",
+    "text_hash",
+]
 
 EARN, EXPIRY, EXTRA = 0, 1, 2  # sources of a ledger entry
 _FIELDS = tuple(f.name for f in fields(LedgerEntry))
 _ENTRY_FIELDS = attrgetter(*_FIELDS)
+
+
+def expiry_reason(days: int) -> str:
+    """The reason text of an expiry entry."""
+    return f"points expired after {days} days"
 
 
 class _Dates(dict[int, date]):
@@ -80,7 +101,13 @@ class LedgerRows:
 
     def columns(self, lo: int, hi: int) -> dict[str, list[Any]]:
         """Entries lo:hi field by field — equal to ``[row(i) for i in range(lo, hi)]``."""
-        src, idx = self.source[lo:hi], self.index[lo:hi]
+        return self._columns_of(self.source[lo:hi], self.index[lo:hi])
+
+    def columns_at(self, entries: IntArray) -> dict[str, list[Any]]:
+        """The entries at these positions, field by field (a changed few, say)."""
+        return self._columns_of(self.source[entries], self.index[entries])
+
+    def _columns_of(self, src: npt.NDArray[np.int8], idx: IntArray) -> dict[str, list[Any]]:
         pos = np.where(src == EXTRA, 0, idx)  # extras index the extras, not the purchases
         earn = (src == EARN).tolist()
         deal, points = self._take(self.deal_id, pos).tolist(), self._take(self.points, pos)
@@ -119,4 +146,116 @@ class LedgerRows:
         return values[pos] if len(values) else np.zeros(len(pos), dtype=values.dtype)
 
     def _expired(self) -> str:
-        return f"points expired after {self.expiry_days} days"
+        return expiry_reason(self.expiry_days)
+
+
+# -- fingerprints: what a store compares to find the entries that changed ----------------
+
+EARN_KEY, EXPIRY_KEY, OTHER_KEY = 0, 1, 2  # earn:deal:<n>, expire:earn:deal:<n>, any other
+KINDS = ("earn", "bonus", "redeem", "expire", "reversal")
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
+
+
+def _splitmix(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """SplitMix64's finaliser: a stable, well-mixed 64-bit function of each value."""
+    z = values + _GOLDEN
+    z = (z ^ (z >> _SHIFTS[0])) * _MIX1
+    z = (z ^ (z >> _SHIFTS[1])) * _MIX2
+    return z ^ (z >> _SHIFTS[2])
+
+
+@lru_cache(maxsize=1 << 16)  # tier names and most reasons repeat over millions of entries
+def text_hash(text: str | None) -> int:
+    """A stable 64-bit hash of a text (None has its own); never Python's salted hash()."""
+    if text is None:
+        return 0
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _combine(fields: Iterator[npt.NDArray[Any]], n: int) -> npt.NDArray[np.int64]:
+    """Mix the fields, in order, into one 64-bit value per entry."""
+    with np.errstate(over="ignore"):  # the arithmetic is meant to wrap around
+        h = np.zeros(n, dtype=np.uint64)
+        for values in fields:
+            h = _splitmix(h ^ _splitmix(np.asarray(values).astype(np.uint64)))
+    # as a signed SQLite INTEGER (same 64 bits)
+    return h.view(np.int64)
+
+
+def key_identity(entry_key: str, kind: str, deal_id: int | None) -> tuple[int, int]:
+    """(key class, number): the deal of an earn or earn-expiry key, else the key's hash."""
+    if kind == "earn" and deal_id is not None and entry_key == f"earn:deal:{deal_id}":
+        return EARN_KEY, deal_id
+    tail = entry_key.removeprefix("expire:earn:deal:")
+    if tail != entry_key and tail.isdigit() and str(int(tail)) == tail:
+        return EXPIRY_KEY, int(tail)
+    return OTHER_KEY, text_hash(entry_key)
+
+
+_CHUNK = 1 << 18  # entries hashed at once: bounded memory for millions of entries
+
+
+def fingerprints(view: LedgerRows, entries: IntArray | None = None) -> npt.NDArray[np.int64]:
+    """A stable 64-bit hash of each entry's content (all entries, or these positions).
+
+    Two entries get the same fingerprint exactly when all their fields are equal (up to
+    64-bit hash collisions; a store compares fingerprints within one customer, where a
+    collision is out of reach).  The function must never change silently: fingerprints
+    stored by one version are compared with the next one's.
+    """
+    at = np.arange(len(view), dtype=np.int64) if entries is None else entries
+    out = np.zeros(len(at), dtype=np.int64)
+    for lo in range(0, len(at), _CHUNK):
+        out[lo:lo + _CHUNK] = _fingerprint_chunk(view, at[lo:lo + _CHUNK])
+    return out
+
+
+def _fingerprint_chunk(view: LedgerRows, at: IntArray) -> npt.NDArray[np.int64]:
+    out = np.zeros(len(at), dtype=np.int64)
+    vector = np.flatnonzero(view.source[at] != EXTRA)
+    if len(vector):
+        out[vector] = _combine(_vector_fields(view, at[vector]), len(vector))
+    extra = np.flatnonzero(view.source[at] == EXTRA)
+    if len(extra):
+        rows = np.array([_entry_fields(view.extras[i]) for i in view.index[at[extra]].tolist()],
+                        dtype=np.uint64)
+        out[extra] = _combine(iter(rows.T), len(extra))
+    return out
+
+
+def _vector_fields(view: LedgerRows, entries: IntArray) -> Iterator[npt.NDArray[Any]]:
+    """The fields of vector earns and expiries, one at a time, in ``_entry_fields`` order."""
+    pos = view.index[entries]
+    earn = view.source[entries] == EARN
+    tier = view.tier[pos]
+    tiers = np.array([text_hash(t) for t in view.tier_names], dtype=np.uint64)
+    reasons = np.array([text_hash(r) for r in view.reasons], dtype=np.uint64)
+    deal, day = view.deal_id[pos], view.day[pos]
+    # negative numbers wrap to their two's complement in uint64: still exact
+    yield view.customer_ids[view.cust[pos]]
+    yield np.where(earn, EARN_KEY, EXPIRY_KEY)
+    yield deal
+    yield np.where(earn, KINDS.index("earn"), KINDS.index("expire"))
+    yield np.where(earn, deal, -1)
+    points = view.points[pos]
+    yield np.where(earn, points, -points)
+    yield np.where(earn, day, day + view.expiry_days)
+    yield np.where(earn, tiers[tier], np.uint64(0))
+    yield np.where(earn, reasons[tier * 2 + view.birthday[pos]],
+                   np.uint64(text_hash(expiry_reason(view.expiry_days))))
+
+
+def _entry_fields(entry: LedgerEntry) -> tuple[int, ...]:
+    key_class, key = key_identity(entry.entry_key, entry.kind, entry.deal_id)
+    deal = -1 if entry.deal_id is None else entry.deal_id
+    return tuple(v & 0xFFFF_FFFF_FFFF_FFFF for v in (
+        entry.customer_id, key_class, key, KINDS.index(entry.kind), deal, entry.points,
+        entry.at.toordinal(), text_hash(entry.tier_at_purchase), text_hash(entry.reason)))
+
+
+def entry_fingerprint(entry: LedgerEntry) -> int:
+    """``fingerprints`` of one entry (for entries not built by the engine)."""
+    fields = (np.array([v], dtype=np.uint64) for v in _entry_fields(entry))
+    return int(_combine(fields, 1)[0])

@@ -74,6 +74,7 @@ class Ledger:
     tier: IntArray
     purchases_to_next: IntArray  # -1 at the top tier
     notes: tuple[str, ...]
+    view: LedgerRows  # what ``entries`` are built from
 
 
 @dataclass
@@ -462,4 +463,4 @@ def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
                       for bd in (False, True)),
         expiry_days=b.cfg.expiry_days, extras=b.extras)
     return Ledger(RowSequence(len(view), view.row, view.columns), balance.astype(np.int64),
-                  tier, to_next.astype(np.int64), tuple(b.notes))
+                  tier, to_next.astype(np.int64), tuple(b.notes), view)

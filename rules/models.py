@@ -235,12 +235,18 @@ class RowSequence(Sequence[T]):
 
 @dataclass(frozen=True, slots=True)
 class RulesResult:
-    """What one rules run produced: states, the full ledger, metrics and human notes."""
+    """What one rules run produced: states, the full ledger, metrics and human notes.
+
+    ``ledger_view`` is the columnar form ``ledger`` is read from (a
+    ``rules.ledger_rows.LedgerRows``), when the engine built it: a store can compare it
+    with what it holds without building every entry.
+    """
 
     states: Sequence[CustomerState]
     ledger: Sequence[LedgerEntry]
     metrics: Metrics
     notes: tuple[str, ...]
+    ledger_view: Any = None
 
     def state_of(self, customer_id: int) -> CustomerState:
         """The state of one customer (linear scan; index ``states`` yourself for bulk use)."""

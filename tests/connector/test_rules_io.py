@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from connector import rules_io, rules_store
+from connector import rules_io, rules_stage, rules_store
 from connector.errors import MirrorError
 from connector.mirror import Mirror, SyncState
 from connector.parallel import can_fork
@@ -213,13 +214,13 @@ def test_a_failure_while_storing_keeps_the_previous_results(monkeypatch: Any) ->
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
     before = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
 
-    real = rules_store._ledger_rows
+    real = rules_store.ledger_rows
 
     def boom(*args: Any) -> Iterator[tuple[Any, ...]]:
         yield next(real(*args))  # some rows are already written when it fails
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(rules_store, "_ledger_rows", boom)
+    monkeypatch.setattr(rules_store, "ledger_rows", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         run_rules(mirror, RulesConfig(), as_of=LATER)
     after = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
@@ -298,41 +299,63 @@ def stored(mirror: Mirror) -> list[list[dict[str, Any]]]:
             table(mirror, "metric_snapshots", skip=("id", "computed_at"))]
 
 
+def three_runs(mirror: Mirror) -> list[list[list[dict[str, Any]]]]:
+    """First run, a run after deletions, an unchanged re-run, a run with renamed tiers."""
+    seen = []
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    seen.append(stored(mirror))
+    mirror.mark_deleted("deals", [1005, 1010], "2025-03-02T09:00:00+03:00", SyncState("deals"))
+    write(mirror, "deals", [deal(9000, 3, "2025-03-03T12:00:00+03:00", 5000.0)])
+    run_rules(mirror, RulesConfig(), as_of=LATER)  # with a previous ledger to compare with
+    seen.append(stored(mirror))
+    run_rules(mirror, RulesConfig(), as_of=LATER)  # nothing changed: an empty delta
+    seen.append(stored(mirror))
+    renamed = RulesConfig.model_validate({"loyalty": {"tiers": [
+        {"name": "Bronze", "min_purchases": 0, "cashback_percent": 3},
+        {"name": "Argent", "min_purchases": 2, "cashback_percent": 4}]}})
+    run_rules(mirror, renamed, as_of=LATER)  # most entries change: rewritten in full
+    seen.append(stored(mirror))
+    return seen
+
+
 @pytest.mark.skipif(not can_fork(), reason="fork is not available here")
-def test_forked_reading_and_staged_ledger_store_equal_the_serial_path(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forked_reading_and_the_staged_store_equal_the_serial_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
     monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)  # always stage
-    forked = many_buyers(Mirror.open(tmp_path / "forked.db"))
-    run_rules(forked, RulesConfig(), as_of=AS_OF)
-    mirror_deals = forked.db.execute("select count(*) from deals").fetchone()[0]
-    forked.mark_deleted("deals", [1005, 1010], "2025-03-02T09:00:00+03:00", SyncState("deals"))
-    run_rules(forked, RulesConfig(), as_of=LATER)  # with a previous ledger to read back
+    caplog.set_level(logging.DEBUG, logger="crm_retention.rules")
+    forked = three_runs(many_buyers(Mirror.open(tmp_path / "forked.db")))
+    modes = [r.getMessage() for r in caplog.records if "ledger ready" in r.getMessage()]
     monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
-    serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
-    run_rules(serial, RulesConfig(), as_of=AS_OF)
-    serial.mark_deleted("deals", [1005, 1010], "2025-03-02T09:00:00+03:00", SyncState("deals"))
-    run_rules(serial, RulesConfig(), as_of=LATER)
-    kinds = {e["kind"] for e in table(forked, "points_ledger")}
-    assert mirror_deals == 1200 and {"earn", "redeem", "reversal"} <= kinds
-    assert stored(forked) == stored(serial)
-    assert not list(tmp_path.glob("*stage*")), "the staging file is removed"
+    serial = three_runs(many_buyers(Mirror.open(tmp_path / "serial.db")))
+    kinds = {e["kind"] for e in forked[1][1]}
+    assert {"earn", "redeem", "reversal"} <= kinds
+    assert forked == serial
+    # the first run wrote two halves, the next two only what changed, the last in full
+    assert ["full: " in modes[0], "delta: " in modes[1], "delta: 0 rows, 0 stale" in modes[2],
+            "full: " in modes[3]] == [True] * 4, modes
+    assert not list(tmp_path.glob("*stage*")), "the staging files are removed"
 
 
 @pytest.mark.skipif(not can_fork(), reason="fork is not available here")
+@pytest.mark.parametrize("previous", [False, True])
 def test_a_failing_ledger_child_keeps_the_previous_results(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, previous: bool) -> None:
     monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
     mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
-    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    if previous:
+        run_rules(mirror, RulesConfig(), as_of=AS_OF)
+        mirror.mark_deleted("deals", [1005], "2025-03-02T09:00:00+03:00", SyncState("deals"))
     before = stored(mirror)
-    real = rules_store._ledger_rows
 
     def boom(*args: Any) -> Iterator[tuple[Any, ...]]:
-        yield next(real(*args))
         raise RuntimeError("disk full")
+        yield ()
 
-    monkeypatch.setattr(rules_store, "_ledger_rows", boom)  # the forked child inherits it
-    with pytest.raises(MirrorError, match=r"writing the points ledger failed: .*disk full"):
+    # the forked children inherit the patched module
+    monkeypatch.setattr(rules_stage, "ledger_rows", boom)
+    monkeypatch.setattr(rules_stage, "ledger_tuples", boom)
+    with pytest.raises(MirrorError, match=r"points ledger failed: .*disk full"):
         run_rules(mirror, RulesConfig(), as_of=LATER)
     assert stored(mirror) == before
     assert not list(tmp_path.glob("*stage*"))

@@ -1,0 +1,145 @@
+"""Rules results as SQLite rows, and the small SQL both store paths share.
+
+Rows are built a chunk of columns at a time from the engine's ``RowSequence`` views, so a
+million states or millions of ledger entries never exist as objects all at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, fields
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+from sqlite_utils import Database
+
+from rules.ledger_rows import entry_fingerprint, fingerprints
+from rules.models import CustomerState, Metrics, RowSequence, RulesResult
+
+__all__ = [
+    "KINDS",
+    "append_snapshot",
+    "clear_kind",
+    "ledger_fingerprints",
+    "ledger_insert",
+    "ledger_rows",
+    "ledger_tuples",
+    "state_insert",
+    "state_rows",
+]
+
+KINDS = ("contact", "company")
+_BATCH = 20_000  # rows built per chunk: bounded memory, few executemany calls
+_STATE_FIELDS = [f.name for f in fields(CustomerState)]
+_LEDGER_FIELDS = ["entry_key", "customer_id", "kind", "deal_id", "points", "at",
+                  "tier_at_purchase", "reason", "fingerprint"]
+
+
+def _columns(rows: Sequence[Any], lo: int, hi: int) -> dict[str, list[Any]]:
+    """Rows lo:hi field by field; the engine's RowSequence does it without objects."""
+    if isinstance(rows, RowSequence):
+        return rows.columns(lo, hi)
+    picked = list(rows[lo:hi])
+    return {f.name: [getattr(r, f.name) for r in picked] for f in fields(picked[0])}
+
+
+def _memo(convert: Callable[[Any], Any]) -> Callable[[list[Any]], list[Any]]:
+    """Apply ``convert`` to a column, once per distinct value (dates, tier perks...)."""
+    def apply(values: list[Any]) -> list[Any]:
+        done: dict[Any, Any] = {}
+        return [done[v] if v in done else done.setdefault(v, convert(v)) for v in values]
+    return apply
+
+
+def _iso_text(day: date | None) -> str | None:
+    return day.isoformat() if day is not None else None
+
+
+def _json_text(values: tuple[str, ...]) -> str:
+    return json.dumps(values, ensure_ascii=False)
+
+
+_iso_days = _memo(_iso_text)
+_json_tuples = _memo(_json_text)
+
+
+def state_rows(states: Sequence[CustomerState], computed_at: str
+               ) -> Iterator[tuple[Any, ...]]:
+    """``customer_state`` rows, built a chunk of columns at a time."""
+    for lo in range(0, len(states), _BATCH):
+        cols = _columns(states, lo, lo + _BATCH)
+        for name in ("first_purchase", "last_purchase"):
+            cols[name] = _iso_days(cols[name])
+        for name in ("channels", "perks"):
+            cols[name] = _json_tuples(cols[name])
+        cols["churn_reasons"] = [_json_text(r) if r else "[]" for r in cols["churn_reasons"]]
+        cols["computed_at"] = [computed_at] * len(cols["customer_id"])
+        yield from zip(*(cols[name] for name in (*_STATE_FIELDS, "computed_at")), strict=True)
+
+
+def state_insert() -> str:
+    """The INSERT for ``state_rows``."""
+    return f"insert into customer_state values ({', '.join('?' * (len(_STATE_FIELDS) + 1))})"
+
+
+def ledger_tuples(cols: Mapping[str, list[Any]], fingerprints: Sequence[int]
+                  ) -> Iterator[tuple[Any, ...]]:
+    """Ledger columns (``RowSequence.columns``) as ``points_ledger`` rows, kind left out."""
+    values = {**cols, "at": _iso_days(cols["at"]), "fingerprint": fingerprints}
+    return zip(*(values[name] for name in _LEDGER_FIELDS), strict=True)
+
+
+def ledger_fingerprints(result: RulesResult, lo: int, hi: int) -> list[int]:
+    """The stored ``fingerprint`` of entries lo:hi (see ``rules.ledger_rows``)."""
+    if result.ledger_view is not None:
+        positions = np.arange(lo, hi, dtype=np.int64)
+        return list(fingerprints(result.ledger_view, positions).tolist())
+    return [entry_fingerprint(e) for e in result.ledger[lo:hi]]
+
+
+def ledger_rows(result: RulesResult, lo: int = 0, hi: int | None = None
+                ) -> Iterator[tuple[Any, ...]]:
+    """``points_ledger`` rows of entries lo:hi (kind left out), a chunk at a time."""
+    ledger = result.ledger
+    stop = len(ledger) if hi is None else hi
+    for start in range(lo, stop, _BATCH):
+        end = min(start + _BATCH, stop)
+        yield from ledger_tuples(_columns(ledger, start, end),
+                                 ledger_fingerprints(result, start, end))
+
+
+def ledger_insert(kind: str) -> str:
+    """The INSERT for ``ledger_rows``, with the customer kind as a literal."""
+    # The kind is one of two literals: binding it on each of millions of rows costs time.
+    if kind not in KINDS:
+        raise ValueError(f"customer kind must be one of {KINDS}, not {kind!r}")
+    return (f"insert into points_ledger ({', '.join(_LEDGER_FIELDS)}, customer_kind) "
+            f"values ({', '.join('?' * len(_LEDGER_FIELDS))}, '{kind}')")
+
+
+def clear_kind(db: Database, table: str, kind: str) -> None:
+    """Delete ``kind``'s rows; a table holding only that kind is emptied in one step."""
+    other = db.execute(f"select 1 from {table} where customer_kind != ? limit 1",
+                       [kind]).fetchone()
+    if other is None:
+        db.execute(f"delete from {table}")  # SQLite truncates instead of deleting row by row
+    else:
+        db.execute(f"delete from {table} where customer_kind = ?", [kind])
+
+
+def append_snapshot(db: Database, result: RulesResult, kind: str, as_of: datetime,
+                    computed_at: str) -> None:
+    """One ``metric_snapshots`` row for this run."""
+    m = result.metrics
+    db.execute(
+        "insert into metric_snapshots (computed_at, as_of, customer_kind, period_start, "
+        "period_end, metrics, notes) values (?, ?, ?, ?, ?, ?, ?)",
+        [computed_at, as_of.isoformat(), kind, m.period_start.isoformat(),
+         m.period_end.isoformat(), _metrics_json(m),
+         json.dumps(result.notes, ensure_ascii=False)])
+
+
+def _metrics_json(metrics: Metrics) -> str:
+    return json.dumps(asdict(metrics), ensure_ascii=False, default=str)
