@@ -49,22 +49,52 @@ def stored_fingerprints(db: Database, kind: str) -> tuple[IntArray, IntArray]:
     return rows["customer"].copy(), rows["fingerprint"].copy()
 
 
+_CHUNK = 1 << 19  # new entries matched at once: the sorts stay small
+
+
 def ledger_delta(view: LedgerRows, db: Database, kind: str,
                  stored: tuple[IntArray, IntArray] | None = None) -> LedgerDelta:
     """Compare the new ledger ``view`` with the stored rows of ``kind``.
 
     ``stored`` is (customer ids, fingerprints) of the stored rows when the caller has
-    already read them; otherwise they are read from ``db``.
+    already read them; otherwise they are read from ``db``.  Both sides are in ascending
+    customer order, so they are matched a block of customers at a time.
     """
-    new_fp = fingerprints(view)
-    new_customer = entry_customers(view)
     old_customer, old_fp = stored if stored is not None else stored_fingerprints(db, kind)
-    new_hit, old_hit = _matched(new_customer, new_fp, old_customer, old_fp)
+    if np.any(old_customer[1:] < old_customer[:-1]):  # not in key order: put it there
+        order = np.argsort(old_customer, kind="stable")
+        old_customer, old_fp = old_customer[order], old_fp[order]
+    new_customer = entry_customers(view)
+    new_fp = np.zeros(len(view), dtype=np.int64)
+    new_hit = np.zeros(len(view), dtype=np.bool_)
+    old_hit = np.zeros(len(old_fp), dtype=np.bool_)
+    for lo, hi, o_lo, o_hi in _blocks(new_customer, old_customer):
+        new_fp[lo:hi] = fingerprints(view, np.arange(lo, hi, dtype=np.int64))
+        new_hit[lo:hi], old_hit[o_lo:o_hi] = _matched(
+            new_customer[lo:hi], new_fp[lo:hi], old_customer[o_lo:o_hi], old_fp[o_lo:o_hi])
     stale = np.flatnonzero(~old_hit)
     return LedgerDelta(np.flatnonzero(~new_hit),
                        list(zip(old_customer[stale].tolist(), old_fp[stale].tolist(),
                                 strict=True)),
                        len(old_fp), new_fp)
+
+
+def _blocks(new_customer: IntArray, old_customer: IntArray
+            ) -> list[tuple[int, int, int, int]]:
+    """(new lo, hi, old lo, hi) slices that split both sides on the same customers."""
+    if np.any(new_customer[1:] < new_customer[:-1]):  # never from the engine
+        return [(0, len(new_customer), 0, len(old_customer))]
+    blocks, lo, o_lo = [], 0, 0
+    while lo < len(new_customer):
+        last = new_customer[min(lo + _CHUNK, len(new_customer)) - 1]
+        hi = int(np.searchsorted(new_customer, last, side="right"))
+        o_hi = (int(np.searchsorted(old_customer, last, side="right"))
+                if hi < len(new_customer) else len(old_customer))
+        blocks.append((lo, hi, o_lo, o_hi))
+        lo, o_lo = hi, o_hi
+    if not blocks:
+        blocks.append((0, 0, 0, len(old_customer)))
+    return blocks
 
 
 def entry_customers(view: LedgerRows) -> IntArray:

@@ -178,6 +178,15 @@ def m005_ledger_fingerprint(db: Database) -> None:
     db.execute("alter table points_ledger add column fingerprint integer")
 
 
+@migrations()
+def m006_ledger_digest(db: Database) -> None:
+    """``points_ledger_digest``: the ledger's keys and fingerprints as BLOBs (see
+    connector/ledger_digest.py), written with the rows so a recompute need not scan them."""
+    db.execute("create table points_ledger_digest (customer_kind text not null, "
+               "part integer not null, entries integer not null, data blob not null, "
+               "primary key (customer_kind, part))")
+
+
 @dataclass(frozen=True)
 class SyncState:
     """Where one entity's sync stands. Pure data: ``connector.sync`` advances it."""

@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlite_utils import Database
 
 from rules.ledger_rows import entry_fingerprint, fingerprints
@@ -99,15 +100,19 @@ def ledger_fingerprints(result: RulesResult, lo: int, hi: int) -> list[int]:
     return [entry_fingerprint(e) for e in result.ledger[lo:hi]]
 
 
-def ledger_rows(result: RulesResult, lo: int = 0, hi: int | None = None
-                ) -> Iterator[tuple[Any, ...]]:
-    """``points_ledger`` rows of entries lo:hi (kind left out), a chunk at a time."""
+def ledger_rows(result: RulesResult, lo: int = 0, hi: int | None = None,
+                prints: npt.NDArray[np.int64] | None = None) -> Iterator[tuple[Any, ...]]:
+    """``points_ledger`` rows of entries lo:hi (kind left out), a chunk at a time.
+
+    ``prints`` are the fingerprints of entries lo:hi when the caller has them already.
+    """
     ledger = result.ledger
     stop = len(ledger) if hi is None else hi
     for start in range(lo, stop, _BATCH):
         end = min(start + _BATCH, stop)
-        yield from ledger_tuples(_columns(ledger, start, end),
-                                 ledger_fingerprints(result, start, end))
+        known = (prints[start - lo:end - lo].tolist() if prints is not None
+                 else ledger_fingerprints(result, start, end))
+        yield from ledger_tuples(_columns(ledger, start, end), known)
 
 
 def ledger_insert(kind: str) -> str:

@@ -36,6 +36,7 @@ from sqlite_utils import Database
 
 from connector.errors import MirrorError
 from connector.ledger_delta import ledger_delta
+from connector.ledger_digest import DIGEST_INSERT, digest_parts, part_boundary
 from connector.mirror import Mirror
 from connector.parallel import Forked, start_forked
 from connector.rules_rows import (
@@ -48,7 +49,7 @@ from connector.rules_rows import (
     state_rows,
 )
 from connector.stored_ledger import StoredLedger
-from rules.ledger_rows import LedgerRows
+from rules.ledger_rows import LedgerRows, fingerprints
 from rules.models import RulesResult
 
 __all__ = ["DELTA_MAX_SHARE", "store_staged"]
@@ -105,10 +106,21 @@ def _scratch(stage: Path) -> Iterator[sqlite3.Connection]:
 
 
 def _stage_range(stage: Path, result: RulesResult, kind: str, lo: int, hi: int) -> _Staged:
-    """In a child: ledger entries lo:hi into ``stage``."""
+    """In a child: ledger entries lo:hi, and their digest parts, into ``stage``."""
+    view = result.ledger_view
+    # one fingerprint per entry, for its row and for the digest
+    prints = None if view is None else fingerprints(view, np.arange(lo, hi, dtype=np.int64))
     with _scratch(stage) as conn:
-        conn.executemany(ledger_insert(kind), ledger_rows(result, lo, hi))
+        conn.executemany(ledger_insert(kind), ledger_rows(result, lo, hi, prints))
+        if view is not None:
+            _stage_digest(conn, view, kind, lo, hi, prints)
     return _Staged("full", hi - lo)
+
+
+def _stage_digest(conn: sqlite3.Connection, view: LedgerRows, kind: str, lo: int, hi: int,
+                  prints: IntArray | None = None) -> None:
+    conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
+                                     in digest_parts(view, lo, hi, prints)))
 
 
 def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
@@ -128,16 +140,17 @@ def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
             conn.executemany(ledger_insert(kind), ledger_tuples(
                 view.columns_at(chunk), delta.fingerprints[chunk].tolist()))
         conn.executemany("insert into ledger_stale values (?, ?)", delta.stale)
+        _stage_digest(conn, view, kind, 0, len(view), delta.fingerprints)
     return _Staged("delta", len(delta.upsert), len(delta.stale))
 
 
 def _start_halves(mirror: Mirror, result: RulesResult, kind: str,
                   stages: list[Path]) -> list[Forked[_Staged]]:
-    ledger_ddl = _ddl(mirror.db, "points_ledger")
-    half = len(result.ledger) // 2
+    ddl = _ddl(mirror.db, "points_ledger"), _ddl(mirror.db, "points_ledger_digest")
+    half = min(part_boundary(len(result.ledger) // 2), len(result.ledger))  # whole parts
     bounds = [(0, half), (half, len(result.ledger))]
     for stage in stages:
-        _create(stage, ledger_ddl)
+        _create(stage, *ddl)
     return [start_forked(partial(_stage_range, stage, result, kind, lo, hi),
                          "writing the points ledger")
             for stage, (lo, hi) in zip(stages, bounds, strict=True)]
@@ -153,7 +166,8 @@ def _start_ledger(mirror: Mirror, path: Path, result: RulesResult, kind: str,
         held = len(stored.fingerprints) > 0
     if not held or result.ledger_view is None:
         return _start_halves(mirror, result, kind, stages)
-    _create(stages[0], _ddl(mirror.db, "points_ledger"), _STALE_SQL)
+    _create(stages[0], _ddl(mirror.db, "points_ledger"), _ddl(mirror.db, "points_ledger_digest"),
+            _STALE_SQL)
     known = (stored.customers, stored.fingerprints) if stored is not None else None
     return [start_forked(partial(_stage_delta, stages[0], path, result.ledger_view, kind,
                                  known), "comparing and writing the points ledger")]
@@ -216,6 +230,16 @@ def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, comp
 
 def _apply_ledger(db: Database, kind: str, names: list[str], staged: list[_Staged],
                   expected: int) -> None:
+    _apply_rows(db, kind, names, staged, expected)
+    # the digest describes exactly the rows just stored (or, without one, nothing)
+    db.execute("delete from points_ledger_digest where customer_kind = ?", [kind])
+    for name in names:
+        db.execute(f"insert into main.points_ledger_digest select * from "
+                   f"{name}.points_ledger_digest")
+
+
+def _apply_rows(db: Database, kind: str, names: list[str], staged: list[_Staged],
+                expected: int) -> None:
     if all(s.mode == "full" for s in staged):
         if sum(s.rows for s in staged) != expected:
             raise MirrorError(f"staged {sum(s.rows for s in staged):,} ledger rows of "

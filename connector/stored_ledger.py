@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlite_utils import Database
 
+from connector.ledger_digest import Digest, read_digest
 from connector.mirror import Mirror
 from rules.columns import PreviousLedger
 from rules.models import LedgerEntry, LedgerKind
@@ -63,38 +64,52 @@ class _StoredEarns:
 class StoredLedger:
     """The stored ledger of one customer kind as plain data (picklable: a child reads it).
 
-    ``customers`` / ``fingerprints`` cover every stored row (NULL fingerprints read as 0);
-    ``earn`` marks the earns among them.
+    ``customers`` / ``fingerprints`` cover every stored row in key order (ascending
+    customer; NULL fingerprints read as 0); the ``earn_*`` arrays describe its earns.
     """
 
     customers: IntArray
-    earn: npt.NDArray[np.bool_]
-    deals: IntArray
-    points: IntArray
     fingerprints: IntArray
+    earn_customers: IntArray
+    earn_deals: IntArray
+    earn_points: IntArray
     others: list[LedgerEntry]  # bonus, redeem and reversal entries
+
+    def keys_only(self) -> StoredLedger:
+        """The same ledger without its earns and entries (what the store still needs)."""
+        none = np.zeros(0, dtype=np.int64)
+        return StoredLedger(self.customers, self.fingerprints, none, none, none, [])
 
     def previous(self, mirror: Mirror) -> PreviousLedger:
         """As the engine reads it; earns that vanished are fetched from ``mirror``."""
-        customers, deals = self.customers[self.earn], self.deals[self.earn]
-        return PreviousLedger(earn_customer=customers, earn_deal=deals,
-                              earn_points=self.points[self.earn],
-                              earn_entries=_StoredEarns(mirror, customers, deals),
+        return PreviousLedger(earn_customer=self.earn_customers, earn_deal=self.earn_deals,
+                              earn_points=self.earn_points,
+                              earn_entries=_StoredEarns(mirror, self.earn_customers,
+                                                        self.earn_deals),
                               others=self.others)
 
 
-def read_stored(mirror: _HasDb, kind: str) -> StoredLedger:
-    """Every stored ``kind`` row as numbers, and the non-earn entries in full."""
-    cursor = mirror.db.execute(
+def _scan_numbers(db: Database, kind: str) -> Digest:
+    """What the digest holds, read row by row (no digest, or one that does not fit)."""
+    cursor = db.execute(
         "select customer_id, kind = 'earn', coalesce(deal_id, -1), points, "
         "coalesce(fingerprint, 0) from points_ledger where customer_kind = ?", [kind])
     rows = np.fromiter(cursor, dtype=_ROW)
+    earn = rows["earn"]
+    return Digest(rows["customer"].copy(), rows["fingerprint"].copy(),
+                  rows["customer"][earn].copy(), rows["deal"][earn].copy(),
+                  rows["points"][earn].copy())
+
+
+def read_stored(mirror: _HasDb, kind: str) -> StoredLedger:
+    """The stored ``kind`` ledger's numbers (from its digest if it fits) and the non-earn
+    entries in full."""
+    numbers = read_digest(mirror.db, kind) or _scan_numbers(mirror.db, kind)
     others = mirror.db.execute(
         f"select {_COLUMNS} from points_ledger where customer_kind = ? "
         "and kind in ('bonus', 'redeem', 'reversal')", [kind]).fetchall()
-    return StoredLedger(rows["customer"].copy(), rows["earn"].copy(), rows["deal"].copy(),
-                        rows["points"].copy(), rows["fingerprint"].copy(),
-                        [_entry(r) for r in others])
+    return StoredLedger(numbers.customers, numbers.fingerprints, numbers.earn_customers,
+                        numbers.earn_deals, numbers.earn_points, [_entry(r) for r in others])
 
 
 def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:

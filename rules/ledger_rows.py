@@ -179,7 +179,9 @@ def _combine(fields: Iterator[npt.NDArray[Any]], n: int) -> npt.NDArray[np.int64
     with np.errstate(over="ignore"):  # the arithmetic is meant to wrap around
         h = np.zeros(n, dtype=np.uint64)
         for values in fields:
-            h = _splitmix(h ^ _splitmix(np.asarray(values).astype(np.uint64)))
+            # one finaliser round per field: position-dependent, since h is mixed before
+            # the next field joins (a field of 0 still changes h)
+            h = _splitmix(h ^ np.asarray(values).astype(np.uint64))
     # as a signed SQLite INTEGER (same 64 bits)
     return h.view(np.int64)
 

@@ -75,4 +75,4 @@ def test_key_identity_reads_only_canonical_keys() -> None:
     assert key_identity("bonus:UF_X:deal:5", "bonus", 5) == (2, text_hash("bonus:UF_X:deal:5"))
 
 
-PINNED = 178412384558837695
+PINNED = -1582845743363061874
