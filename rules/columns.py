@@ -35,6 +35,7 @@ __all__ = [
     "RecordColumns",
     "collect_fields",
     "company_columns",
+    "concat_deal_columns",
     "contact_columns",
     "deal_columns",
     "is_plausible_email",
@@ -322,3 +323,33 @@ def deal_columns(deals: Sequence[Deal], config: RulesConfig) -> DealColumns:
         deleted=np.array([d.deleted_at is not None for d in deals], dtype=np.bool_),
         fields=fields,
     )
+
+
+def concat_deal_columns(first: DealColumns, second: DealColumns) -> DealColumns:
+    """The deals of ``first`` then ``second`` (read in parts), as one ``DealColumns``.
+
+    Currency codes are per part; the second part's are mapped onto the first's names.
+    """
+    names = list(first.currencies)
+    remap = np.array([*(_code_in(names, n) for n in second.currencies), -1], dtype=np.int16)
+    if first.categories != second.categories:
+        raise ValueError("deal parts read with different category settings")
+    fields = {name: {**first.fields.get(name, {}), **second.fields.get(name, {})}
+              for name in {*first.fields, *second.fields}}
+    return DealColumns(
+        id=np.concatenate((first.id, second.id)),
+        contact_id=np.concatenate((first.contact_id, second.contact_id)),
+        company_id=np.concatenate((first.company_id, second.company_id)),
+        status=np.concatenate((first.status, second.status)),
+        amount=np.concatenate((first.amount, second.amount)),
+        currency=np.concatenate((first.currency, remap[second.currency])),
+        currencies=tuple(names), category=np.concatenate((first.category, second.category)),
+        categories=first.categories, moment=np.concatenate((first.moment, second.moment)),
+        deleted=np.concatenate((first.deleted, second.deleted)), fields=fields,
+    )
+
+
+def _code_in(names: list[str], name: str) -> int:
+    if name not in names:
+        names.append(name)
+    return names.index(name)

@@ -68,3 +68,28 @@ def test_previous_ledger_keeps_earns_as_columns() -> None:
     assert list(prev.earn_entries(np.array([1]))) == [entries[3]]
     assert list(prev.others) == [entries[2]]  # expiries are re-derived, never read
     assert PreviousLedger.of(prev) is prev
+
+
+def test_deal_parts_concatenate_with_their_currency_codes_remapped() -> None:
+    from datetime import UTC, datetime
+
+    from rules.columns import concat_deal_columns, deal_columns
+    from rules.config import RulesConfig
+    from rules.models import Deal
+
+    def deal(i: int, currency: str) -> Deal:
+        at = datetime(2025, 1, i, tzinfo=UTC)
+        return Deal(id=i, contact_id=1, company_id=None, title=None, amount=1.0,
+                    currency=currency, status="won", created_at=at, closed_at=at,
+                    fields={"UF_CRM_POINTS_SPENT": str(i)})
+
+    config = RulesConfig()
+    first = deal_columns([deal(1, "USD"), deal(2, "RUB")], config)
+    second = deal_columns([deal(3, "EUR"), deal(4, "USD"), deal(5, "")], config)
+    both = concat_deal_columns(first, second)
+    whole = deal_columns([deal(1, "USD"), deal(2, "RUB"), deal(3, "EUR"), deal(4, "USD"),
+                          deal(5, "")], config)
+    assert [both.currencies[c] if c >= 0 else None for c in both.currency.tolist()] == \
+        [whole.currencies[c] if c >= 0 else None for c in whole.currency.tolist()]
+    assert both.id.tolist() == [1, 2, 3, 4, 5]
+    assert both.fields["UF_CRM_POINTS_SPENT"] == {i: str(i) for i in range(1, 6)}
