@@ -15,7 +15,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -37,6 +37,7 @@ from connector.stored_ledger import (
     load_previous_ledger,
     read_stored,
 )
+from rules.churn import ModelFit
 from rules.columns import (
     Codes,
     DealColumns,
@@ -49,7 +50,7 @@ from rules.columns import (
     wanted_fields,
 )
 from rules.config import RulesConfig
-from rules.engine import compute_columns
+from rules.engine import Pending, RunBeside, compute_columns, in_a_thread
 from rules.models import (
     Company,
     Contact,
@@ -422,6 +423,21 @@ def _load_all(mirror: Mirror, config: RulesConfig, kind: str) -> _Inputs:
     return _Inputs(contacts, deals, companies, stored)
 
 
+def _fit_beside() -> RunBeside:
+    """Fit the churn model in a forked child where fork works (else in a thread).
+
+    In a thread the fit shares the interpreter lock with the ledger build, and both slow
+    down; a child process has its own, and the fitted columns come back pickled.
+    """
+    if not can_fork():
+        return in_a_thread
+
+    def forked(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
+        return start_forked(fit, "fitting the churn model")
+
+    return forked
+
+
 @contextmanager
 def _cyclic_gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector for a bulk run; reference counting still frees.
@@ -461,7 +477,7 @@ def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = N
         columns: list[Any] = [inputs.contacts, inputs.deals, inputs.companies]
         del inputs
         result = compute_columns(columns.pop(0), columns.pop(0), columns.pop(0), config,
-                                 as_of, stored.previous(mirror))
+                                 as_of, stored.previous(mirror), beside=_fit_beside())
         computed = time.perf_counter()
         # The store needs only the stored rows' keys: free the earns and entries before
         # the store's children fork, when memory peaks.

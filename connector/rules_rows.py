@@ -66,11 +66,12 @@ _iso_days = _memo(_iso_text)
 _json_tuples = _memo(_json_text)
 
 
-def state_rows(states: Sequence[CustomerState], computed_at: str
-               ) -> Iterator[tuple[Any, ...]]:
-    """``customer_state`` rows, built a chunk of columns at a time."""
-    for lo in range(0, len(states), _BATCH):
-        cols = _columns(states, lo, lo + _BATCH)
+def state_rows(states: Sequence[CustomerState], computed_at: str, lo: int = 0,
+               hi: int | None = None) -> Iterator[tuple[Any, ...]]:
+    """``customer_state`` rows of states lo:hi, built a chunk of columns at a time."""
+    stop = len(states) if hi is None else hi
+    for start in range(lo, stop, _BATCH):
+        cols = _columns(states, start, min(start + _BATCH, stop))
         for name in ("first_purchase", "last_purchase"):
             cols[name] = _iso_days(cols[name])
         for name in ("channels", "perks"):

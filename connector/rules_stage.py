@@ -182,22 +182,35 @@ def _ledger_staged(mirror: Mirror, result: RulesResult, kind: str, stages: list[
     return [child.result() for child in children]
 
 
+def _stage_states(stage: Path, result: RulesResult, computed_at: str, lo: int, hi: int
+                  ) -> int:
+    """States lo:hi into ``stage`` (the parent stages one half, a child the other)."""
+    with _scratch(stage) as conn:
+        conn.executemany(state_insert(), state_rows(result.states, computed_at, lo, hi))
+    return hi - lo
+
+
 def store_staged(mirror: Mirror, path: Path, result: RulesResult, kind: str, as_of: datetime,
                  computed_at: str, stored: StoredLedger | None = None) -> None:
     """Stage states and ledger on both cores, then apply them in one transaction."""
-    states_stage = path.with_name(path.name + "-states-stage")
+    states_stages = [path.with_name(f"{path.name}-states-stage{i}") for i in (1, 2)]
     ledger_stages = [path.with_name(f"{path.name}-ledger-stage{i}") for i in (1, 2)]
     children: list[Forked[_Staged]] = []
+    upper: Forked[int] | None = None
     try:
         started = time.perf_counter()
         children = _start_ledger(mirror, path, result, kind, ledger_stages, stored)
-        _create(states_stage, _ddl(mirror.db, "customer_state"))
-        with _scratch(states_stage) as conn:
-            conn.executemany(state_insert(), state_rows(result.states, computed_at))
+        for stage in states_stages:
+            _create(stage, _ddl(mirror.db, "customer_state"))
+        half = len(result.states) // 2
+        upper = start_forked(partial(_stage_states, states_stages[1], result, computed_at,
+                                     half, len(result.states)), "writing customer states")
+        _stage_states(states_stages[0], result, computed_at, 0, half)
+        upper.result()
         staged_states = time.perf_counter()
         staged = _ledger_staged(mirror, result, kind, ledger_stages, children)
         ready = time.perf_counter()
-        _apply(mirror, result, kind, as_of, computed_at, states_stage,
+        _apply(mirror, result, kind, as_of, computed_at, states_stages,
                ledger_stages[: len(staged)], staged)
         log.debug("states staged %.1f s, ledger ready %.1f s later (%s), applied in %.1f s",
                   staged_states - started, ready - staged_states,
@@ -206,22 +219,27 @@ def store_staged(mirror: Mirror, path: Path, result: RulesResult, kind: str, as_
     finally:
         for child in children:
             child.cancel()
-        for stage in [states_stage, *ledger_stages]:
+        if upper is not None:
+            upper.cancel()
+        for stage in [*states_stages, *ledger_stages]:
             for file in (stage, Path(f"{stage}-journal")):
                 file.unlink(missing_ok=True)
 
 
 def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, computed_at: str,
-           states_stage: Path, ledger_stages: list[Path], staged: list[_Staged]) -> None:
+           states_stages: list[Path], ledger_stages: list[Path], staged: list[_Staged]) -> None:
     db = mirror.db
-    names = [f"stage{i}" for i in range(len(ledger_stages) + 1)]
-    for name, stage in zip(names, [states_stage, *ledger_stages], strict=True):
+    stages = [*states_stages, *ledger_stages]
+    names = [f"stage{i}" for i in range(len(stages))]
+    for name, stage in zip(names, stages, strict=True):
         db.execute("attach database ? as " + name, [str(stage)])  # not inside a txn
     try:
         with db.atomic():
             clear_kind(db, "customer_state", kind)
-            db.execute(f"insert into main.customer_state select * from {names[0]}.customer_state")
-            _apply_ledger(db, kind, names[1:], staged, len(result.ledger))
+            for name in names[: len(states_stages)]:
+                db.execute(f"insert into main.customer_state select * from "
+                           f"{name}.customer_state")
+            _apply_ledger(db, kind, names[len(states_stages):], staged, len(result.ledger))
             append_snapshot(db, result, kind, as_of, computed_at)
     finally:
         for name in names:

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, cast
+from functools import partial
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -51,7 +52,9 @@ from rules.reasons import churn_reason_column, churn_reasons
 from rules.rfm import RfmScores, rfm_scores
 from rules.segments import LIFECYCLES, VALUE_SEGMENTS, channels_of, lifecycle_codes, value_codes
 
-__all__ = ["compute", "compute_columns"]
+__all__ = ["Pending", "RunBeside", "compute", "compute_columns", "in_a_thread"]
+
+T = TypeVar("T", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,18 +217,40 @@ def _snapshot(cols: _Columns, config: RulesConfig) -> Snapshot:
     )
 
 
-def _columns(history: PurchaseHistory, config: RulesConfig,
-             previous_ledger: PreviousLedger) -> _Columns:
+class Pending(Protocol[T]):
+    """Work started elsewhere; ``result()`` waits for it (a ``Future`` is one)."""
+
+    def result(self) -> T:
+        """The work's value (its exception, re-raised)."""
+
+
+RunBeside = Callable[[Callable[[], ModelFit]], Pending[ModelFit]]
+"""Starts the model fit beside the ledger build: a thread by default; a caller that can
+fork passes a process, so the fit does not share the ledger's interpreter lock."""
+
+
+def in_a_thread(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
+    """``RunBeside`` with a thread: the default, and the fallback where fork is missing."""
+    # The pool lives only as long as the fit: shut down without waiting, the future
+    # itself is waited on by the caller.
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(fit)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _columns(history: PurchaseHistory, config: RulesConfig, previous_ledger: PreviousLedger,
+             beside: RunBeside = in_a_thread) -> _Columns:
     agg = aggregate(history)
-    # The model fit is numpy/scipy work that mostly runs without the GIL; the ledger's lot
-    # walk is plain Python.  On a second core they overlap (the fit and its predictions take
-    # ~4.6 s at a million customers).
-    # Both are pure functions of the history, so the result never depends on the timing.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        fitting = pool.submit(fit_models, history, agg, config.model)
-        ledger = build_ledger(history, config.loyalty, previous_ledger)
-        signals = churn_signals(history, agg, config.churn)
-        model = fitting.result()
+    # The model fit is numpy/scipy work; the ledger's lot walk is plain Python.  On a
+    # second core they overlap (the fit and its predictions take ~4.6 s at a million
+    # customers).  Both are pure functions of the history: the result never depends on
+    # the timing.
+    fitting = beside(partial(fit_models, history, agg, config.model))
+    ledger = build_ledger(history, config.loyalty, previous_ledger)
+    signals = churn_signals(history, agg, config.churn)
+    model = fitting.result()
     return _Columns(
         history=history, agg=agg,
         lifecycle=lifecycle_codes(agg, history.as_of_day, config.lifecycle),
@@ -254,11 +279,13 @@ def compute(contacts: Sequence[Contact], deals: Sequence[Deal], companies: Seque
 def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: RecordColumns,
                     config: RulesConfig, as_of: datetime,
                     previous_ledger: Sequence[LedgerEntry] | PreviousLedger = (),
-                    period: tuple[date, date] | None = None) -> RulesResult:
+                    period: tuple[date, date] | None = None,
+                    beside: RunBeside = in_a_thread) -> RulesResult:
     """:func:`compute` on columnar inputs (``rules.columns``): no record objects needed.
 
     This is the entry point for readers that can produce columns themselves (the mirror
     reads SQLite straight into numpy), which keeps millions of deals cheap in memory.
+    ``beside`` starts the model fit while the ledger is built (see ``RunBeside``).
     """
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
@@ -267,7 +294,7 @@ def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: Reco
     # The raw columns are not needed any more; when the caller passed them without
     # keeping a reference (rules_io does), this frees them before the ledger's peak.
     del contacts, deals, companies
-    cols = _columns(history, config, PreviousLedger.of(previous_ledger))
+    cols = _columns(history, config, PreviousLedger.of(previous_ledger), beside)
     start, end = period or default_period(date.fromordinal(history.as_of_day),
                                           config.metrics.period_months)
     metrics = compute_metrics(history, start, end, config.metrics, _snapshot(cols, config))
