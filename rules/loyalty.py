@@ -412,22 +412,49 @@ def _assemble(b: _LedgerBuilder, earns: _Earns, walk_rows: set[int]) -> Ledger:
         due = simple & (earns.points > 0) & (h.day + cfg.expiry_days <= h.as_of_day)
         asm.add(h.cust[due], h.day[due] + cfg.expiry_days, PHASE_EXPIRE, h.deal_id[due], 0,
                 1, positions[due], -earns.points[due])
-    # Pre-sort the extras fully (entry_key breaks ties) so the stable final sort never
-    # depends on the order in which they were produced.
-    ranked = sorted(zip(b.extra_rows, b.extras, strict=True),
-                    key=lambda pair: (pair[0], pair[1].at, *_extra_sort_key(pair[1]),
-                                      pair[1].entry_key))
-    b.extra_rows = [row for row, _ in ranked]
-    b.extras = [entry for _, entry in ranked]
-    keys = [_extra_sort_key(e) for e in b.extras]
-    asm.add(np.array(b.extra_rows, dtype=np.int64),
-            np.array([e.at.toordinal() for e in b.extras], dtype=np.int64), 0,
-            np.array([k[1] for k in keys], dtype=np.int64), 0, 2,
+    extras = _ranked_extras(b)
+    asm.add(extras[0], extras[1], 0, extras[3], 0, 2,
             np.arange(len(b.extras), dtype=np.int64),
             np.array([e.points for e in b.extras], dtype=np.int64))
-    asm.phase[-1] = np.array([k[0] for k in keys], dtype=np.int8)
-    asm.sub[-1] = np.array([k[2] for k in keys], dtype=np.int8)
+    asm.phase[-1] = extras[2].astype(np.int8)
+    asm.sub[-1] = extras[4].astype(np.int8)
     return _finish(b, earns, asm)
+
+
+def _ranked_extras(b: _LedgerBuilder) -> npt.NDArray[np.int64]:
+    """Sort ``b.extras`` in place by (row, day, phase, deal, sub, entry_key); return
+    those keys as a 5 × n array in the new order.
+
+    Fully ordered (entry_key breaks ties) so the stable final sort never depends on the
+    order in which the extras were produced. The numeric keys sort in numpy; only runs
+    of equal numeric keys, rare, are ordered by entry_key in Python.
+    """
+    n = len(b.extras)
+    keys = np.empty((5, n), dtype=np.int64)
+    keys[0] = b.extra_rows
+    keys[1] = [e.at.toordinal() for e in b.extras]
+    keys[2:] = np.array([_extra_sort_key(e) for e in b.extras], dtype=np.int64).reshape(n, 3).T
+    order = np.lexsort(keys[::-1])
+    keys = keys[:, order]
+    order_list = order.tolist()
+    # Reordering inside a tie run leaves ``keys`` as it is: its columns there are equal.
+    _break_ties_by_entry_key(keys, order_list, b.extras)
+    b.extras = [b.extras[i] for i in order_list]
+    b.extra_rows = keys[0].tolist()
+    return keys
+
+
+def _break_ties_by_entry_key(keys: npt.NDArray[np.int64], order: list[int],
+                             extras: list[LedgerEntry]) -> None:
+    """Within each run of equal numeric keys, reorder ``order`` by entry_key."""
+    if keys.shape[1] < 2:
+        return
+    same = (keys[:, 1:] == keys[:, :-1]).all(axis=0)
+    if not same.any():
+        return
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], same.view(np.int8), [0]))))
+    for start, stop in zip(edges[::2].tolist(), (edges[1::2] + 1).tolist(), strict=True):
+        order[start:stop] = sorted(order[start:stop], key=lambda i: extras[i].entry_key)
 
 
 def _joined(parts: list[Any], dtype: type[np.generic] | None = None) -> npt.NDArray[Any]:
@@ -437,6 +464,22 @@ def _joined(parts: list[Any], dtype: type[np.generic] | None = None) -> npt.NDAr
     return joined
 
 
+def _entry_order(row: npt.NDArray[Any], day: npt.NDArray[Any], phase: npt.NDArray[Any],
+                 deal: npt.NDArray[Any], sub: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+    """Entries ordered by (row, day, phase, deal, sub), as a five-key lexsort would.
+
+    Packed into two int64 keys when the values fit (rows < 2**31, day ordinals < 2**22,
+    phase and sub < 4, deal ids < 2**60), because a two-key lexsort over millions of
+    entries takes about three quarters of the time of the five-key one.
+    """
+    fits = (len(deal) == 0 or (int(deal.max()) < 2**60 and int(deal.min()) >= -1))
+    if not fits:
+        return np.lexsort((sub, deal, phase, day, row))
+    primary = (row.astype(np.int64) << 24) | (day.astype(np.int64) << 2) | phase
+    secondary = ((deal.astype(np.int64) + 1) << 2) | sub
+    return np.lexsort((secondary, primary))
+
+
 def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
     h = b.h
     n = len(h.customers)
@@ -444,8 +487,8 @@ def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
     # as soon as it is joined keep this sort, the memory peak of compute, small.
     row = _joined(asm.row, np.int32)
     balance = np.rint(np.bincount(row, weights=_joined(asm.points), minlength=n))
-    order = np.lexsort((_joined(asm.sub), _joined(asm.deal), _joined(asm.phase),
-                        _joined(asm.day, np.int32), row))
+    order = _entry_order(row, _joined(asm.day, np.int32), _joined(asm.phase),
+                         _joined(asm.deal), _joined(asm.sub))
     del row
     source = _joined(asm.source)[order]
     index = _joined(asm.index)[order]

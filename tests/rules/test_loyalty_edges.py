@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 
 from rules.config import CustomerConfig, LoyaltyConfig, RulesConfig
@@ -67,3 +68,38 @@ def test_points_expire_on_the_day_credit_day_plus_expiry_days(as_of_day: date,
     assert result.states[0].points_balance == balance
     expiries = [(e.entry_key, e.points, e.at) for e in result.ledger if e.kind == "expire"]
     assert expiries == ([] if balance else [("expire:earn:deal:1", -30, date(2025, 3, 1))])
+
+
+@pytest.mark.parametrize("deal_high", [10**6, 2**61])
+def test_packed_entry_order_equals_the_five_key_lexsort(deal_high: int) -> None:
+    """The two-key packing must order exactly as (row, day, phase, deal, sub) would,
+    and fall back to the plain lexsort when a deal id is too large to pack."""
+    from rules.loyalty import _entry_order
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    row = rng.integers(0, 50, n).astype(np.int32)
+    day = rng.integers(730_000, 730_010, n).astype(np.int32)
+    phase = rng.integers(0, 4, n).astype(np.int8)
+    deal = rng.integers(-1, 5, n).astype(np.int64)
+    deal[::97] = deal_high
+    sub = rng.integers(0, 3, n).astype(np.int8)
+    expected = np.lexsort((sub, deal, phase, day, row))
+    got = _entry_order(row, day, phase, deal, sub)
+    keys = np.stack([row, day, phase, deal, sub]).astype(np.int64)
+    assert (keys[:, got] == keys[:, expected]).all()
+    assert np.array_equal(got, expected)  # both sorts are stable: identical permutations
+
+
+def test_extras_tied_on_every_number_are_ordered_by_entry_key() -> None:
+    from rules.loyalty import _break_ties_by_entry_key
+    from rules.models import LedgerEntry
+
+    at = date(2026, 1, 1)
+    extras = [LedgerEntry(1, "bonus", 5, 10, at, None, "r", key)
+              for key in ("bonus:b", "bonus:c", "x", "bonus:a", "y")]
+    # Five key rows × five entries: the first four entries tie, the fifth stands apart.
+    keys = np.array([[0, 0, 0, 0, 1]], dtype=np.int64).repeat(5, axis=0)
+    order = [1, 0, 3, 4, 2]  # "x" (entry 2) sits last, in the column that differs
+    _break_ties_by_entry_key(keys, order, extras)
+    assert [extras[i].entry_key for i in order] == ["bonus:a", "bonus:b", "bonus:c", "y", "x"]
