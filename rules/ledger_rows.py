@@ -166,12 +166,16 @@ def _splitmix(values: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     return z ^ (z >> _SHIFTS[2])
 
 
+def _blake_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
 @lru_cache(maxsize=1 << 16)  # tier names and most reasons repeat over millions of entries
 def text_hash(text: str | None) -> int:
     """A stable 64-bit hash of a text (None has its own); never Python's salted hash()."""
     if text is None:
         return 0
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    return _blake_hash(text)
 
 
 def _combine(fields: Iterator[npt.NDArray[Any]], n: int) -> npt.NDArray[np.int64]:
@@ -193,7 +197,8 @@ def key_identity(entry_key: str, kind: str, deal_id: int | None) -> tuple[int, i
     tail = entry_key.removeprefix("expire:earn:deal:")
     if tail != entry_key and tail.isdigit() and str(int(tail)) == tail:
         return EXPIRY_KEY, int(tail)
-    return OTHER_KEY, text_hash(entry_key)
+    # entry keys are unique: a cache would only miss (and evict the reasons it holds)
+    return OTHER_KEY, _blake_hash(entry_key)
 
 
 _CHUNK = 1 << 18  # entries hashed at once: bounded memory for millions of entries
@@ -249,12 +254,18 @@ def _vector_fields(view: LedgerRows, entries: IntArray) -> Iterator[npt.NDArray[
                    np.uint64(text_hash(expiry_reason(view.expiry_days))))
 
 
+_KIND_INDEX = {kind: i for i, kind in enumerate(KINDS)}
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
 def _entry_fields(entry: LedgerEntry) -> tuple[int, ...]:
+    # Written out flat: it runs once per bonus, redemption and reversal (over a million
+    # at a million customers); only the signed fields need the two's-complement mask.
     key_class, key = key_identity(entry.entry_key, entry.kind, entry.deal_id)
-    deal = -1 if entry.deal_id is None else entry.deal_id
-    return tuple(v & 0xFFFF_FFFF_FFFF_FFFF for v in (
-        entry.customer_id, key_class, key, KINDS.index(entry.kind), deal, entry.points,
-        entry.at.toordinal(), text_hash(entry.tier_at_purchase), text_hash(entry.reason)))
+    deal = entry.deal_id
+    return (entry.customer_id & _U64, key_class, key & _U64, _KIND_INDEX[entry.kind],
+            _U64 if deal is None else deal & _U64, entry.points & _U64,
+            entry.at.toordinal(), text_hash(entry.tier_at_purchase), text_hash(entry.reason))
 
 
 def entry_fingerprint(entry: LedgerEntry) -> int:

@@ -31,6 +31,7 @@ import numpy.typing as npt
 from rules.columns import PreviousLedger
 from rules.config import BonusRule, LoyaltyConfig
 from rules.history import BoolArray, IntArray, PurchaseHistory
+from rules.ledger_order import entry_order, rank_extras
 from rules.ledger_rows import LedgerRows
 from rules.lots import (
     PHASE_DEAL,
@@ -325,16 +326,6 @@ class _Assembly:
         self.points.append(points)
 
 
-def _extra_sort_key(entry: LedgerEntry) -> tuple[int, int, int]:
-    deal = entry.deal_id if entry.deal_id is not None else -1
-    if entry.kind == "expire":
-        return PHASE_EXPIRE, deal, 0
-    if entry.kind == "reversal":
-        return PHASE_REVERSAL, deal, 0
-    sub = {"redeem": SUB_REDEEM, "earn": SUB_EARN}.get(entry.kind, SUB_BONUS)
-    return (PHASE_DEAL if entry.deal_id is not None else PHASE_RECORD), deal, sub
-
-
 def build_ledger(history: PurchaseHistory, cfg: LoyaltyConfig,
                  previous: Sequence[LedgerEntry] | PreviousLedger = ()) -> Ledger:
     """The full ledger as of ``history.as_of_day``, with per-customer balance and tier."""
@@ -412,49 +403,13 @@ def _assemble(b: _LedgerBuilder, earns: _Earns, walk_rows: set[int]) -> Ledger:
         due = simple & (earns.points > 0) & (h.day + cfg.expiry_days <= h.as_of_day)
         asm.add(h.cust[due], h.day[due] + cfg.expiry_days, PHASE_EXPIRE, h.deal_id[due], 0,
                 1, positions[due], -earns.points[due])
-    extras = _ranked_extras(b)
+    b.extras, b.extra_rows, extras = rank_extras(b.extras, b.extra_rows)
     asm.add(extras[0], extras[1], 0, extras[3], 0, 2,
             np.arange(len(b.extras), dtype=np.int64),
             np.array([e.points for e in b.extras], dtype=np.int64))
     asm.phase[-1] = extras[2].astype(np.int8)
     asm.sub[-1] = extras[4].astype(np.int8)
     return _finish(b, earns, asm)
-
-
-def _ranked_extras(b: _LedgerBuilder) -> npt.NDArray[np.int64]:
-    """Sort ``b.extras`` in place by (row, day, phase, deal, sub, entry_key); return
-    those keys as a 5 × n array in the new order.
-
-    Fully ordered (entry_key breaks ties) so the stable final sort never depends on the
-    order in which the extras were produced. The numeric keys sort in numpy; only runs
-    of equal numeric keys, rare, are ordered by entry_key in Python.
-    """
-    n = len(b.extras)
-    keys = np.empty((5, n), dtype=np.int64)
-    keys[0] = b.extra_rows
-    keys[1] = [e.at.toordinal() for e in b.extras]
-    keys[2:] = np.array([_extra_sort_key(e) for e in b.extras], dtype=np.int64).reshape(n, 3).T
-    order = np.lexsort(keys[::-1])
-    keys = keys[:, order]
-    order_list = order.tolist()
-    # Reordering inside a tie run leaves ``keys`` as it is: its columns there are equal.
-    _break_ties_by_entry_key(keys, order_list, b.extras)
-    b.extras = [b.extras[i] for i in order_list]
-    b.extra_rows = keys[0].tolist()
-    return keys
-
-
-def _break_ties_by_entry_key(keys: npt.NDArray[np.int64], order: list[int],
-                             extras: list[LedgerEntry]) -> None:
-    """Within each run of equal numeric keys, reorder ``order`` by entry_key."""
-    if keys.shape[1] < 2:
-        return
-    same = (keys[:, 1:] == keys[:, :-1]).all(axis=0)
-    if not same.any():
-        return
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], same.view(np.int8), [0]))))
-    for start, stop in zip(edges[::2].tolist(), (edges[1::2] + 1).tolist(), strict=True):
-        order[start:stop] = sorted(order[start:stop], key=lambda i: extras[i].entry_key)
 
 
 def _joined(parts: list[Any], dtype: type[np.generic] | None = None) -> npt.NDArray[Any]:
@@ -464,22 +419,6 @@ def _joined(parts: list[Any], dtype: type[np.generic] | None = None) -> npt.NDAr
     return joined
 
 
-def _entry_order(row: npt.NDArray[Any], day: npt.NDArray[Any], phase: npt.NDArray[Any],
-                 deal: npt.NDArray[Any], sub: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
-    """Entries ordered by (row, day, phase, deal, sub), as a five-key lexsort would.
-
-    Packed into two int64 keys when the values fit (rows < 2**31, day ordinals < 2**22,
-    phase and sub < 4, deal ids < 2**60), because a two-key lexsort over millions of
-    entries takes about three quarters of the time of the five-key one.
-    """
-    fits = (len(deal) == 0 or (int(deal.max()) < 2**60 and int(deal.min()) >= -1))
-    if not fits:
-        return np.lexsort((sub, deal, phase, day, row))
-    primary = (row.astype(np.int64) << 24) | (day.astype(np.int64) << 2) | phase
-    secondary = ((deal.astype(np.int64) + 1) << 2) | sub
-    return np.lexsort((secondary, primary))
-
-
 def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
     h = b.h
     n = len(h.customers)
@@ -487,7 +426,7 @@ def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
     # as soon as it is joined keep this sort, the memory peak of compute, small.
     row = _joined(asm.row, np.int32)
     balance = np.rint(np.bincount(row, weights=_joined(asm.points), minlength=n))
-    order = _entry_order(row, _joined(asm.day, np.int32), _joined(asm.phase),
+    order = entry_order(row, _joined(asm.day, np.int32), _joined(asm.phase),
                          _joined(asm.deal), _joined(asm.sub))
     del row
     source = _joined(asm.source)[order]

@@ -74,7 +74,7 @@ def test_points_expire_on_the_day_credit_day_plus_expiry_days(as_of_day: date,
 def test_packed_entry_order_equals_the_five_key_lexsort(deal_high: int) -> None:
     """The two-key packing must order exactly as (row, day, phase, deal, sub) would,
     and fall back to the plain lexsort when a deal id is too large to pack."""
-    from rules.loyalty import _entry_order
+    from rules.ledger_order import entry_order
 
     rng = np.random.default_rng(7)
     n = 20_000
@@ -85,14 +85,14 @@ def test_packed_entry_order_equals_the_five_key_lexsort(deal_high: int) -> None:
     deal[::97] = deal_high
     sub = rng.integers(0, 3, n).astype(np.int8)
     expected = np.lexsort((sub, deal, phase, day, row))
-    got = _entry_order(row, day, phase, deal, sub)
+    got = entry_order(row, day, phase, deal, sub)
     keys = np.stack([row, day, phase, deal, sub]).astype(np.int64)
     assert (keys[:, got] == keys[:, expected]).all()
     assert np.array_equal(got, expected)  # both sorts are stable: identical permutations
 
 
 def test_extras_tied_on_every_number_are_ordered_by_entry_key() -> None:
-    from rules.loyalty import _break_ties_by_entry_key
+    from rules.ledger_order import break_ties_by_entry_key
     from rules.models import LedgerEntry
 
     at = date(2026, 1, 1)
@@ -101,5 +101,5 @@ def test_extras_tied_on_every_number_are_ordered_by_entry_key() -> None:
     # Five key rows × five entries: the first four entries tie, the fifth stands apart.
     keys = np.array([[0, 0, 0, 0, 1]], dtype=np.int64).repeat(5, axis=0)
     order = [1, 0, 3, 4, 2]  # "x" (entry 2) sits last, in the column that differs
-    _break_ties_by_entry_key(keys, order, extras)
+    break_ties_by_entry_key(keys, order, extras)
     assert [extras[i].entry_key for i in order] == ["bonus:a", "bonus:b", "bonus:c", "y", "x"]

@@ -1,0 +1,89 @@
+"""The order of ledger entries: by customer row, day, phase, deal and sub-kind.
+
+The ledger is assembled from numpy columns (earns, simple expiries) and a list of
+"extras" (bonuses, redemptions, reversals, walked expiries); both must come out in one
+deterministic order, the same whichever order they were produced in.  These helpers
+sort them in numpy; Python only breaks ties that every number leaves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rules.lots import (
+    PHASE_DEAL,
+    PHASE_EXPIRE,
+    PHASE_RECORD,
+    PHASE_REVERSAL,
+    SUB_BONUS,
+    SUB_EARN,
+    SUB_REDEEM,
+)
+from rules.models import LedgerEntry
+
+__all__ = ["break_ties_by_entry_key", "entry_order", "extra_sort_key", "rank_extras"]
+
+
+def extra_sort_key(entry: LedgerEntry) -> tuple[int, int, int]:
+    """(phase, deal id or -1, sub) of an entry built outside the earn columns."""
+    deal = entry.deal_id if entry.deal_id is not None else -1
+    if entry.kind == "expire":
+        return PHASE_EXPIRE, deal, 0
+    if entry.kind == "reversal":
+        return PHASE_REVERSAL, deal, 0
+    sub = {"redeem": SUB_REDEEM, "earn": SUB_EARN}.get(entry.kind, SUB_BONUS)
+    return (PHASE_DEAL if entry.deal_id is not None else PHASE_RECORD), deal, sub
+
+
+def rank_extras(extras: list[LedgerEntry], rows: list[int]
+                ) -> tuple[list[LedgerEntry], list[int], npt.NDArray[np.int64]]:
+    """``extras`` (and their customer ``rows``) sorted by (row, day, phase, deal, sub,
+    entry_key), with those numeric keys as a 5 × n array in the new order.
+
+    Fully ordered (entry_key breaks ties) so the stable final sort never depends on the
+    order in which the extras were produced. The numeric keys sort in numpy; only runs
+    of equal numeric keys, rare, are ordered by entry_key in Python.
+    """
+    n = len(extras)
+    keys = np.empty((5, n), dtype=np.int64)
+    keys[0] = rows
+    keys[1] = [e.at.toordinal() for e in extras]
+    keys[2:] = np.array([extra_sort_key(e) for e in extras], dtype=np.int64).reshape(n, 3).T
+    order = np.lexsort(keys[::-1])
+    keys = keys[:, order]
+    order_list = order.tolist()
+    # Reordering inside a tie run leaves ``keys`` as it is: its columns there are equal.
+    break_ties_by_entry_key(keys, order_list, extras)
+    return [extras[i] for i in order_list], keys[0].tolist(), keys
+
+
+def break_ties_by_entry_key(keys: npt.NDArray[np.int64], order: list[int],
+                             extras: list[LedgerEntry]) -> None:
+    """Within each run of equal numeric keys, reorder ``order`` by entry_key."""
+    if keys.shape[1] < 2:
+        return
+    same = (keys[:, 1:] == keys[:, :-1]).all(axis=0)
+    if not same.any():
+        return
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], same.view(np.int8), [0]))))
+    for start, stop in zip(edges[::2].tolist(), (edges[1::2] + 1).tolist(), strict=True):
+        order[start:stop] = sorted(order[start:stop], key=lambda i: extras[i].entry_key)
+
+
+def entry_order(row: npt.NDArray[Any], day: npt.NDArray[Any], phase: npt.NDArray[Any],
+                 deal: npt.NDArray[Any], sub: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+    """Entries ordered by (row, day, phase, deal, sub), as a five-key lexsort would.
+
+    Packed into two int64 keys when the values fit (rows < 2**31, day ordinals < 2**22,
+    phase and sub < 4, deal ids < 2**60), because a two-key lexsort over millions of
+    entries takes about three quarters of the time of the five-key one.
+    """
+    fits = (len(deal) == 0 or (int(deal.max()) < 2**60 and int(deal.min()) >= -1))
+    if not fits:
+        return np.lexsort((sub, deal, phase, day, row))
+    primary = (row.astype(np.int64) << 24) | (day.astype(np.int64) << 2) | phase
+    secondary = ((deal.astype(np.int64) + 1) << 2) | sub
+    return np.lexsort((secondary, primary))
