@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 KINDS = ("contact", "company")
+_encode_text: Callable[[str], str] = json.encoder.encode_basestring
 _BATCH = 20_000  # rows built per chunk: bounded memory, few executemany calls
 _STATE_FIELDS = [f.name for f in fields(CustomerState)]
 _LEDGER_FIELDS = ["entry_key", "customer_id", "kind", "deal_id", "points", "at",
@@ -59,7 +60,12 @@ def _iso_text(day: date | None) -> str | None:
 
 
 def _json_text(values: tuple[str, ...]) -> str:
-    return json.dumps(values, ensure_ascii=False)
+    """``json.dumps(values, ensure_ascii=False)`` for a tuple of texts, byte for byte.
+
+    Run once per customer for the churn reasons; the C string encoder alone skips the
+    encoder object ``json.dumps`` builds on every call (~3x faster).
+    """
+    return "[" + ", ".join(map(_encode_text, values)) + "]"
 
 
 _iso_days = _memo(_iso_text)
@@ -76,7 +82,7 @@ def state_rows(states: Sequence[CustomerState], computed_at: str, lo: int = 0,
             cols[name] = _iso_days(cols[name])
         for name in ("channels", "perks"):
             cols[name] = _json_tuples(cols[name])
-        cols["churn_reasons"] = [_json_text(r) if r else "[]" for r in cols["churn_reasons"]]
+        cols["churn_reasons"] = [_json_text(r) for r in cols["churn_reasons"]]
         cols["computed_at"] = [computed_at] * len(cols["customer_id"])
         yield from zip(*(cols[name] for name in (*_STATE_FIELDS, "computed_at")), strict=True)
 
