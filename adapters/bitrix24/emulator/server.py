@@ -8,18 +8,35 @@ answers ``INVALID_REQUEST`` "Https required." to any other — e.g. when bound t
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from adapters.bitrix24.emulator.app import BitrixEmulator
 
-__all__ = ["LoopbackServer", "run_forever", "serve"]
+__all__ = ["LoopbackServer", "QuietServer", "run_forever", "serve"]
 
 STALL_S = 70.0  # a "timeout" fault stalls longer than any sane client timeout
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A threading HTTP server that does not print a traceback when a client hangs up.
+
+    Clients that give up mid-answer (a peer client dying on a limit, a test closing its
+    connection) are routine for an emulator; other errors still print, as usual.
+    """
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
 
 @dataclass
@@ -28,7 +45,7 @@ class LoopbackServer:
 
     url: str
     webhook_url: str
-    httpd: ThreadingHTTPServer
+    httpd: QuietServer
 
 
 def _handler_for(emulator: BitrixEmulator, require_https: bool
@@ -76,8 +93,7 @@ def _handler_for(emulator: BitrixEmulator, require_https: bool
 def serve(emulator: BitrixEmulator, host: str = "127.0.0.1", port: int = 0, *,
           require_https: bool = True) -> Iterator[LoopbackServer]:
     """Serve ``emulator`` on ``host:port`` (0 = any free port) in a background thread."""
-    httpd = ThreadingHTTPServer((host, port), _handler_for(emulator, require_https))
-    httpd.daemon_threads = True
+    httpd = QuietServer((host, port), _handler_for(emulator, require_https))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     url = f"http://{host}:{httpd.server_address[1]}"
@@ -91,7 +107,7 @@ def serve(emulator: BitrixEmulator, host: str = "127.0.0.1", port: int = 0, *,
 def run_forever(emulator: BitrixEmulator, host: str, port: int, *,
                 require_https: bool = True) -> None:
     """Serve until interrupted, printing the webhook URL to use."""
-    httpd = ThreadingHTTPServer((host, port), _handler_for(emulator, require_https))
+    httpd = QuietServer((host, port), _handler_for(emulator, require_https))
     url = f"http://{host}:{httpd.server_address[1]}"
     print(f"Emulated Bitrix24 portal on {url}")
     print(f"webhook_url = \"{emulator.webhook_url(url)}\"", flush=True)
