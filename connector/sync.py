@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 from connector.errors import ConnectorError, RecordError
 from connector.http import redact
 from connector.mirror import Mirror, Reject, RunCounts, SyncState
+from connector.prefetch import one_ahead
 
 __all__ = [
     "EntityReport",
@@ -208,7 +209,8 @@ def _pull(
     progress: Progress | None,
 ) -> tuple[SyncState, str | None]:
     server_time: str | None = None
-    for page in source.pull(state.watermark, state.resume_after_id):
+    # the next page is requested while this one is stored (connector/prefetch.py)
+    for page in one_ahead(source.pull(state.watermark, state.resume_after_id)):
         server_time = server_time or page.server_time
         last_id = max((_safe_id(r) for r in page.rows), default=state.resume_after_id)
         state = advance_cursor(state, last_id, page.server_time)
