@@ -6,6 +6,7 @@ from collections import defaultdict
 import httpx
 import pytest
 import tenacity
+from fakes import FakeClock
 
 from connector.errors import FatalCrmError, RetryableCrmError
 from connector.http import (
@@ -21,24 +22,8 @@ from connector.http import (
 T0 = 1_800_000_000.0  # a multiple of 60: bucket edges fall on whole minutes
 
 
-class Clock:
-    """A fake clock: ``sleep`` moves time instead of waiting."""
-
-    def __init__(self, now: float = T0 + 17.0) -> None:
-        self.now = now
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-def paced(limits: PacerLimits | None = None) -> tuple[Pacer, Clock]:
-    clock = Clock()
+def paced(limits: PacerLimits | None = None) -> tuple[Pacer, FakeClock]:
+    clock = FakeClock(T0 + 17.0)  # off the minute: bucket edges are not at the start
     pacer = Pacer(limits or PacerLimits(), clock=clock, wall_clock=clock, sleep=clock.sleep)
     return pacer, clock
 
@@ -171,7 +156,7 @@ class Server:
             return [BATCH]
         return nested
 
-    def serve(self, pacer: Pacer, clock: Clock, methods: dict[str, int], cost: float) -> None:
+    def serve(self, pacer: Pacer, clock: FakeClock, methods: dict[str, int], cost: float) -> None:
         """One request: the pacer decides when; the server checks, works and answers."""
         pacer.before_request(methods)
         keys = self.keys(methods)

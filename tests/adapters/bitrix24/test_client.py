@@ -4,6 +4,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 import pytest
+from fakes import FakeClock
 from pydantic import SecretStr
 
 from adapters.bitrix24.client import Bitrix24Client
@@ -21,19 +22,6 @@ TIME = {"start": NOW, "finish": NOW + 0.1, "duration": 0.1, "processing": 0.05,
 LIMIT_503 = (503, {"error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests"})
 BLOCKED_429 = (429, {"error": "OPERATION_TIME_LIMIT",
                      "error_description": "Method is blocked due to operation time limit."})
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 class Portal:
@@ -58,7 +46,7 @@ class Portal:
 
 
 def client_for(responses, *, http=None, limits=None, retry=None, url=URL):
-    clock = Clock()
+    clock = FakeClock(NOW)
     portal = Portal(responses)
     http = http or httpx.Client(transport=httpx.MockTransport(portal))
     pacer = Pacer(limits or PacerLimits(), clock=clock, wall_clock=clock, sleep=clock.sleep)

@@ -3,6 +3,7 @@ from datetime import datetime
 
 import httpx
 import pytest
+from fakes import FakeClock
 
 from adapters.bitrix24.emulator import (
     BitrixEmulator,
@@ -159,17 +160,6 @@ def test_auth_scope_https_and_app_only_errors(portal):
     emulator.add_token("tok", expires_at=0)
     expired = http.post("https://portal.test/rest/profile", json={"auth": "tok"})
     assert expired.status_code == 401 and expired.json()["error"] == "expired_token"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_leaky_bucket_answers_503_then_recovers(portal):

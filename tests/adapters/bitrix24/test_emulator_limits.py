@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import FakeClock
 
 from adapters.bitrix24.emulator import (
     BitrixEmulator,
@@ -31,21 +32,8 @@ def portal() -> Portal:
     return Portal.generate(DataConfig(seed=4, contacts=300, deals=1_000, as_of=AS_OF))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-def emulate(portal: Portal, clock: Clock | None = None, **kwargs: Any):
-    clock = clock or Clock()
+def emulate(portal: Portal, clock: FakeClock | None = None, **kwargs: Any):
+    clock = clock or FakeClock()
     kwargs.setdefault("limits", OFF)
     emulator = BitrixEmulator(portal, secret="sekret", clock=clock, sleep=clock.sleep, **kwargs)
     http = httpx.Client(transport=emulator.transport())
@@ -93,7 +81,7 @@ def test_nested_accounting_blocks_the_nested_method_inside_the_batch(portal):
 def test_one_budget_per_method_for_the_whole_portal_by_default(portal):
     limits = EmulatorLimits(operating_budget_s=1.0, page_cost_s=1.2, drain_per_s=100)
     for scope, second_status in (("portal", 429), ("credential", 200)):
-        clock = Clock()
+        clock = FakeClock()
         emulator, http, base = emulate(portal, clock, limits=EmulatorLimits(
             **{**vars(limits), "operating_scope": scope}))
         emulator.add_token("app-token", expires_at=clock.now + 3600)
@@ -105,7 +93,7 @@ def test_one_budget_per_method_for_the_whole_portal_by_default(portal):
 
 def test_a_call_past_the_hard_timeout_is_cut_off_but_still_charged(portal):
     limits = EmulatorLimits(page_cost_s=70.0, operating_budget_s=60.0, drain_per_s=100)
-    clock = Clock()
+    clock = FakeClock()
     _, http, base = emulate(portal, clock, limits=limits)
     cut = http.post(base + "crm.deal.list", json={"start": -1})
     assert cut.status_code == 504 and cut.headers["content-type"].startswith("text/html")
@@ -123,7 +111,7 @@ def test_a_batch_past_the_hard_timeout_is_cut_off(portal):
 
 def test_latency_and_seeded_jitter_apply_without_limits(portal):
     def sleeps(seed: int) -> list[float]:
-        clock = Clock()
+        clock = FakeClock()
         _, http, base = emulate(portal, clock, limits=EmulatorLimits(enabled=False,
                                                                       latency_s=0.2),
                                 faults=FaultConfig(seed=seed, jitter_s=0.1))
