@@ -187,6 +187,30 @@ def m006_ledger_digest(db: Database) -> None:
                "primary key (customer_kind, part))")
 
 
+@migrations()
+def m007_ledger_keyed_by_kind(db: Database) -> None:
+    """``points_ledger`` keyed by (customer_kind, customer_id, entry_key).
+
+    Contact 7 and company 7 are different customers that may both earn on deal 9 (a
+    deal has a contact and a company); keyed without the kind, storing the company
+    ledger beside the contact one broke the primary key.  The kind leads the key, so
+    each kind's ledger is also one contiguous range of the b-tree.
+    """
+    ddl = db.execute("select sql from sqlite_master where type = 'table' and "
+                     "name = 'points_ledger'").fetchone()[0]
+    keyed = re.sub(r"primary key \(customer_id, entry_key\)",
+                   "primary key (customer_kind, customer_id, entry_key)", ddl,
+                   flags=re.IGNORECASE)
+    if keyed == ddl:
+        raise MirrorError("points_ledger has an unexpected schema; it was not migrated")
+    db.execute(re.sub(r"^create table \"?points_ledger\"?", "create table points_ledger_keyed",
+                      keyed, flags=re.IGNORECASE))
+    db.execute("insert into points_ledger_keyed select * from points_ledger "
+               "order by customer_kind, customer_id, entry_key")
+    db.execute("drop table points_ledger")
+    db.execute("alter table points_ledger_keyed rename to points_ledger")
+
+
 @dataclass(frozen=True)
 class SyncState:
     """Where one entity's sync stands. Pure data: ``connector.sync`` advances it."""

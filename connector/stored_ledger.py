@@ -45,19 +45,22 @@ def _entry(r: Sequence[Any]) -> LedgerEntry:
 class _StoredEarns:
     """Fetches stored earn entries by position, for the few the engine carries over."""
 
-    def __init__(self, mirror: Mirror, customers: IntArray, deals: IntArray) -> None:
+    def __init__(self, mirror: Mirror, kind: str, customers: IntArray, deals: IntArray
+                 ) -> None:
         self.mirror = mirror
+        self.kind = kind
         self.customers = customers
         self.deals = deals
 
     def __call__(self, positions: IntArray) -> list[LedgerEntry]:
-        # The primary key (customer_id, entry_key) finds each one; earn keys are
-        # "earn:deal:<id>" by construction in rules.loyalty.
-        sql = f"select {_COLUMNS} from points_ledger where customer_id = ? and entry_key = ?"
+        # The primary key (customer_kind, customer_id, entry_key) finds each one; earn
+        # keys are "earn:deal:<id>" by construction in rules.loyalty.
+        sql = (f"select {_COLUMNS} from points_ledger where customer_kind = ? and "
+               "customer_id = ? and entry_key = ?")
         wanted = zip(self.customers[positions].tolist(), self.deals[positions].tolist(),
                      strict=True)
-        return [_entry(self.mirror.db.execute(sql, [c, f"earn:deal:{d}"]).fetchone())
-                for c, d in wanted]
+        return [_entry(self.mirror.db.execute(sql, [self.kind, c, f"earn:deal:{d}"])
+                       .fetchone()) for c, d in wanted]
 
 
 @dataclass(frozen=True)
@@ -74,18 +77,19 @@ class StoredLedger:
     earn_deals: IntArray
     earn_points: IntArray
     others: list[LedgerEntry]  # bonus, redeem and reversal entries
+    kind: str = "contact"  # whose ledger: the customer kind it was read for
 
     def keys_only(self) -> StoredLedger:
         """The same ledger without its earns and entries (what the store still needs)."""
         none = np.zeros(0, dtype=np.int64)
-        return StoredLedger(self.customers, self.fingerprints, none, none, none, [])
+        return StoredLedger(self.customers, self.fingerprints, none, none, none, [], self.kind)
 
     def previous(self, mirror: Mirror) -> PreviousLedger:
         """As the engine reads it; earns that vanished are fetched from ``mirror``."""
         return PreviousLedger(earn_customer=self.earn_customers, earn_deal=self.earn_deals,
                               earn_points=self.earn_points,
-                              earn_entries=_StoredEarns(mirror, self.earn_customers,
-                                                        self.earn_deals),
+                              earn_entries=_StoredEarns(mirror, self.kind,
+                                                        self.earn_customers, self.earn_deals),
                               others=self.others)
 
 
@@ -109,7 +113,8 @@ def read_stored(mirror: _HasDb, kind: str) -> StoredLedger:
         f"select {_COLUMNS} from points_ledger where customer_kind = ? "
         "and kind in ('bonus', 'redeem', 'reversal')", [kind]).fetchall()
     return StoredLedger(numbers.customers, numbers.fingerprints, numbers.earn_customers,
-                        numbers.earn_deals, numbers.earn_points, [_entry(r) for r in others])
+                        numbers.earn_deals, numbers.earn_points, [_entry(r) for r in others],
+                        kind)
 
 
 def load_previous_columns(mirror: Mirror, kind: str) -> PreviousLedger:

@@ -180,3 +180,23 @@ def test_migration_3_backfills_custom_fields_and_keeps_rules_results(tmp_path):
     assert mirror.db.execute("select customer_id, points from points_ledger").fetchall() == [
         (7, 30)]
     assert mirror.db.execute("select purchases from customer_state").fetchall() == [(1,)]
+
+
+def test_migration_7_keys_the_ledger_by_kind_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    db = Database(path)
+    migrations.apply(db, stop_before="m007_ledger_keyed_by_kind")
+    db.execute("insert into points_ledger values ('earn:deal:9', 7, 'contact', 'earn', 9, "
+               "30, '2025-01-01', 'Bronze', 'r', 123)")
+    db.conn.commit()
+    db.close()
+    mirror = Mirror.open(path)
+    ddl = mirror.db.execute("select sql from sqlite_master where name = 'points_ledger'"
+                            ).fetchone()[0]
+    assert "primary key (customer_kind, customer_id, entry_key)" in ddl
+    assert ddl.endswith("without rowid")
+    # company 7 may now hold the same key as contact 7
+    mirror.db.execute("insert into points_ledger values ('earn:deal:9', 7, 'company', "
+                      "'earn', 9, 30, '2025-01-01', 'Bronze', 'r', 123)")
+    assert mirror.db.execute("select customer_kind, fingerprint from points_ledger "
+                             "order by 1").fetchall() == [("company", 123), ("contact", 123)]

@@ -170,6 +170,30 @@ def test_switching_kind_and_back_still_reverses_what_changed_meanwhile() -> None
     assert balance(mirror, 1) == 30
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_a_contact_and_a_company_of_the_same_id_keep_separate_ledgers(on_disk: bool,
+                                                                       tmp_path: Path) -> None:
+    """Contact 1 and company 1 are two customers; both earn on deal 10 (it has both)."""
+    mirror = Mirror.open(tmp_path / "m.db") if on_disk else Mirror.memory()
+    write(mirror, "contacts", [contact(1)])
+    write(mirror, "companies", [company(1)])
+    write(mirror, "deals", [deal(10, 1, "2025-01-15T12:00:00+03:00", 1000.0, company_id=1),
+                            deal(11, 1, "2025-02-01T12:00:00+03:00", 2000.0, company_id=1)])
+    companies = RulesConfig(customer=CustomerConfig(kind="company"))
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    run_rules(mirror, companies, as_of=AS_OF)
+    both = [("earn:deal:10", 1, 30), ("earn:deal:11", 1, 60)]
+    assert ledger_of(mirror, "contact") == both and ledger_of(mirror, "company") == both
+    mirror.mark_deleted("deals", [11], "2025-03-02T09:00:00+03:00", SyncState("deals"))
+    run_rules(mirror, RulesConfig(), as_of=LATER)
+    # the contact's earn on deal 11 is reversed; the company's waits for its own run
+    assert ledger_of(mirror, "contact") == [*both, ("reversal:earn:deal:11", 1, -60)]
+    assert ledger_of(mirror, "company") == both
+    run_rules(mirror, companies, as_of=LATER)
+    assert ledger_of(mirror, "company") == [*both, ("reversal:earn:deal:11", 1, -60)]
+    assert (balance(mirror, 1), balance(mirror, 1, "company")) == (30, 30)
+
+
 def test_store_false_writes_nothing() -> None:
     mirror = shop()
     result = run_rules(mirror, RulesConfig(), as_of=AS_OF, store=False)
