@@ -215,35 +215,52 @@ def _moments(seconds: npt.NDArray[np.int64], odd: dict[int, str], ids: IntArray
 
 _ODD_MOMENT, _OTHER_CURRENCY = 1, 2  # flag bits of the deal scan
 
-# One structured row per deal: numbers only (a Python object per text value would cost
-# more than the rest of the scan), then each wanted UF_* value as JSON text — NULL, so
-# None and free, for almost every deal.  The rare text a rule needs comes from a second
+# One structured row of numbers per deal, as few columns as possible: every column of
+# every row becomes a Python object on the way out of SQLite, which cost twice the SQL
+# itself.  So the small codes (status, deleted, flags, category) travel packed in one
+# integer and company ids only when companies are the customers.  The wanted UF_*
+# values come from a second scan of only the deals that have custom fields (an object
+# column on every row cost more than that scan), and the rare text a rule needs from a
 # look at the flagged rows.
-_DEAL_NUMBERS = [("id", "i8"), ("contact", "i8"), ("company", "i8"), ("status", "i1"),
-                 ("amount", "f8"), ("seconds", "i8"), ("deleted", "?"), ("category", "i4"),
-                 ("flags", "i1")]
+_STATUS_BITS, _DELETED_BIT, _FLAGS_SHIFT, _CATEGORY_SHIFT = 3, 4, 3, 5
 
 
-def _deal_row(custom: list[str]) -> np.dtype[Any]:
-    return np.dtype([*_DEAL_NUMBERS, *((f"uf{i}", "O") for i in range(len(custom)))])
+def _deal_row(config: RulesConfig) -> np.dtype[Any]:
+    company = [("company", "i8")] if config.customer.kind == "company" else []
+    return np.dtype([("id", "i8"), ("contact", "i8"), *company, ("amount", "f8"),
+                     ("seconds", "i8"), ("packed", "i8")])
 
 
-def _deal_sql(config: RulesConfig, custom: list[str], bounded: bool = False
-              ) -> tuple[str, list[Any]]:
-    """The one deal scan, shaped like ``_deal_row(custom)`` (``bounded``: ids in (?, ?])."""
+def _packed_sql(config: RulesConfig) -> tuple[str, list[Any]]:
+    """One integer: status + 1 (bits 0-1), deleted (bit 2), flags (3-4), category + 1."""
     cats = config.purchases.categories
     category = ("case category_id " + " ".join(f"when ? then {i}" for i in range(len(cats)))
                 + " else -1 end") if cats else "-1"
-    company = "coalesce(company_id, -1)" if config.customer.kind == "company" else "-1"
-    seconds, odd = _moment_sql(_MOMENT)
-    sql = (f"select id, coalesce(contact_id, -1), {company}, case status when 'open' then 0 "
-           "when 'won' then 1 when 'lost' then 2 else -1 end, coalesce(amount, 0.0), "
-           f"{seconds}, deleted_at is not null, {category}, "
-           f"({odd} is not null) * {_ODD_MOMENT} + "
-           f"(coalesce(currency, '') not in ('', ?)) * {_OTHER_CURRENCY}"
-           f"{''.join(', ' + s for s in _custom_sql(custom)[1])} from deals "
+    odd = _moment_sql(_MOMENT)[1]
+    sql = ("(case status when 'open' then 1 when 'won' then 2 when 'lost' then 3 else 0 end)"
+           f" + {_DELETED_BIT} * (deleted_at is not null)"
+           f" + {1 << _FLAGS_SHIFT} * (({odd} is not null) * {_ODD_MOMENT}"
+           f" + (coalesce(currency, '') not in ('', ?)) * {_OTHER_CURRENCY})"
+           f" + {1 << _CATEGORY_SHIFT} * (({category}) + 1)")
+    return sql, [config.purchases.currency, *cats]
+
+
+def _deal_sql(config: RulesConfig, bounded: bool = False) -> tuple[str, list[Any]]:
+    """The deal scan, shaped like ``_deal_row`` (``bounded``: ids in (?, ?])."""
+    company = ", coalesce(company_id, -1)" if config.customer.kind == "company" else ""
+    packed, params = _packed_sql(config)
+    sql = (f"select id, coalesce(contact_id, -1){company}, coalesce(amount, 0.0), "
+           f"{_moment_sql(_MOMENT)[0]}, {packed} from deals "
            f"{'where id > ? and id <= ? ' if bounded else ''}order by id")
-    return sql, [*cats, config.purchases.currency]
+    return sql, params
+
+
+def _deal_values_sql(custom: list[str], bounded: bool) -> str:
+    """(id, JSON array of the ``custom`` values) of the deals holding any of them."""
+    values = _custom_sql(custom)[1]
+    nulls = "[" + ",".join(["null"] * len(values)) + "]"
+    return (f"select id, nullif(json_array({', '.join(values)}), '{nulls}') from deals "
+            f"where custom_fields is not null{' and id > ? and id <= ?' if bounded else ''}")
 
 
 def _texts_of(db: Database, expression: str, ids: IntArray) -> dict[int, str]:
@@ -256,14 +273,20 @@ def _texts_of(db: Database, expression: str, ids: IntArray) -> dict[int, str]:
     return found
 
 
-def _deal_fields(names: set[str], custom: list[str], ids: IntArray,
-                 rows: npt.NDArray[Any]) -> FieldValues:
-    """The wanted UF_* values by deal id (NULL for the deals without one)."""
+def _deal_fields(db: Database, names: set[str], custom: list[str],
+                 id_range: tuple[int, int] | None) -> FieldValues:
+    """The wanted UF_* values by deal id (of the deals in ``id_range``, if given)."""
     fields: FieldValues = {name: {} for name in names}
-    for i, name in enumerate(custom):
-        texts = rows[f"uf{i}"]
-        has = np.flatnonzero(texts != None)  # noqa: E711 - element-wise on objects
-        _add_fields(fields, [name], ids[has].tolist(), [texts[has].tolist()])
+    if not custom:
+        return fields
+    found = [fields[name] for name in custom]
+    sql = _deal_values_sql(custom, bounded=id_range is not None)
+    for record, text in db.execute(sql, list(id_range or ())):
+        if text is None:  # custom fields, but none of the wanted ones
+            continue
+        for into, value in zip(found, json.loads(text), strict=True):
+            if value is not None and value != "":
+                into[record] = value
     return fields
 
 
@@ -276,14 +299,15 @@ def load_deal_columns(mirror: MirrorReader, config: RulesConfig,
     """
     names = wanted_fields(config)[0]
     custom, _ = _custom_sql(names)
-    row = _deal_row(custom)
-    sql, params = _deal_sql(config, custom, bounded=id_range is not None)
+    row = _deal_row(config)
+    sql, params = _deal_sql(config, bounded=id_range is not None)
     cursor = mirror.db.execute(sql, [*params, *(id_range or ())])
     parts = [np.array(batch, dtype=row) for batch in iter(lambda: cursor.fetchmany(_BATCH), [])]
     rows = np.concatenate(parts) if parts else np.zeros(0, dtype=row)
     del parts
     ids = rows["id"].copy()
-    flags = rows["flags"]
+    packed = rows["packed"]
+    flags = (packed >> _FLAGS_SHIFT) & 3
     odd = _texts_of(mirror.db, _MOMENT, ids[(flags & _ODD_MOMENT) != 0])
     currency_of = _texts_of(mirror.db, "currency", ids[(flags & _OTHER_CURRENCY) != 0])
     currency = Codes()
@@ -291,13 +315,17 @@ def load_deal_columns(mirror: MirrorReader, config: RulesConfig,
     if currency_of:
         at = np.searchsorted(ids, list(currency_of))
         currencies[at] = currency.encode(list(currency_of.values()))
+    company = (rows["company"].copy() if config.customer.kind == "company"
+               else np.full(len(ids), -1, dtype=np.int64))
     return DealColumns(
-        id=ids, contact_id=rows["contact"].copy(), company_id=rows["company"].copy(),
-        status=rows["status"].copy(), amount=rows["amount"].copy(), currency=currencies,
-        currencies=currency.names(), category=rows["category"].copy(),
+        id=ids, contact_id=rows["contact"].copy(), company_id=company,
+        status=((packed & _STATUS_BITS) - 1).astype(np.int8), amount=rows["amount"].copy(),
+        currency=currencies, currencies=currency.names(),
+        category=((packed >> _CATEGORY_SHIFT) - 1).astype(np.int32),
         categories=tuple(config.purchases.categories),
-        moment=_moments(rows["seconds"].copy(), odd, ids), deleted=rows["deleted"].copy(),
-        fields=_deal_fields(names, custom, ids, rows),
+        moment=_moments(rows["seconds"].copy(), odd, ids),
+        deleted=(packed & _DELETED_BIT) != 0,
+        fields=_deal_fields(mirror.db, names, custom, id_range),
     )
 
 
