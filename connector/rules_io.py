@@ -329,16 +329,41 @@ def load_deal_columns(mirror: MirrorReader, config: RulesConfig,
     )
 
 
-def _channels(phones: str | None, emails: str | None, region: str) -> tuple[bool, bool]:
+def _channels(phones: str | int | None, emails: str | None, region: str
+              ) -> tuple[bool, bool]:
+    """(has a phone, has an email): ``phones`` may come decided (0/1) by ``_record_sql``."""
+    if isinstance(phones, int):  # decided in SQL
+        return bool(phones), reachability((), _texts(emails), region)[1]
+    return reachability(_texts(phones), _texts(emails), region)
+
+
+def _texts(array: str | None) -> list[str]:
     # "[]" is by far the most common value: no need to parse it.
-    return reachability(json.loads(phones) if phones and phones != "[]" else (),
-                        json.loads(emails) if emails and emails != "[]" else (), region)
+    return json.loads(array) if array and array != "[]" else []
 
 
-def _record_sql(table: str) -> str:
-    """(id, deleted, phones, emails, birth month, birth day) of every contact or company."""
+# rules.columns.is_plausible_phone's Russian fast path, in SQL: with the characters its
+# noise pattern strips removed, "+7" or "8" and ten ASCII digits.  It is only ever a
+# sufficient condition (whatever else Python strips, such a value has none of it), so a
+# contact it does not decide goes through the Python check as before.
+_DIGITS10 = "[0-9]" * 10
+_RU_PHONE_SQL = (
+    "exists (select 1 from json_each(contacts.phones) where replace(replace(replace("
+    "replace(replace(value, ' ', ''), '(', ''), ')', ''), '-', ''), '.', '') "
+    f"glob '+7{_DIGITS10}' or replace(replace(replace(replace(replace(value, ' ', ''), "
+    f"'(', ''), ')', ''), '-', ''), '.', '') glob '8{_DIGITS10}')")
+
+
+def _record_sql(table: str, region: str = "") -> str:
+    """(id, deleted, phones, emails, birth month, birth day) of every contact or company.
+
+    For Russian numbers, a contact with a phone in a common shape comes back as 1 in the
+    phones column, decided inside SQLite; every other value as the JSON text it is.
+    """
     if table == "contacts":
-        return ("select id, deleted_at is not null, phones, emails, "
+        phones = (f"case when phones not in ('[]', '') and {_RU_PHONE_SQL} then 1 "
+                  "else phones end" if region == "RU" else "phones")
+        return (f"select id, deleted_at is not null, {phones}, emails, "
                 "coalesce(cast(strftime('%m', birthday) as integer), 0), "
                 "coalesce(cast(strftime('%d', birthday) as integer), 0) from contacts")
     # a company's channels come from its deals' contacts
@@ -347,8 +372,8 @@ def _record_sql(table: str) -> str:
 
 def load_record_columns(mirror: MirrorReader, table: str, config: RulesConfig) -> RecordColumns:
     """Contacts or companies (deleted included) as ``rules`` columns."""
-    sql = _record_sql(table)
     region = config.customer.phone_region
+    sql = _record_sql(table, region)
     ids, deleted, phone, email, month, day = [], [], [], [], [], []
     for row in _rows(mirror.db, sql):
         ids.append(row[0])

@@ -17,7 +17,7 @@ from connector.errors import MirrorError
 from connector.mirror import Mirror, SyncState
 from connector.parallel import can_fork
 from connector.rules_io import load_inputs, run_rules
-from rules.columns import wanted_fields
+from rules.columns import reachability, wanted_fields
 from rules.config import CustomerConfig, RulesConfig
 from rules.engine import compute
 
@@ -353,7 +353,24 @@ def test_the_rules_scans_read_the_narrow_covering_indexes(kind: str) -> None:
         plan = " ".join(row[3] for row in mirror.db.execute(f"explain query plan {sql}",
                                                             args).fetchall())
         assert "USING COVERING INDEX deals_rules_scan" in plan, sql
-    contacts_sql = rules_io._record_sql("contacts")
+    contacts_sql = rules_io._record_sql("contacts", "RU")
     plan = " ".join(row[3] for row in mirror.db.execute(
         f"explain query plan {contacts_sql}").fetchall())
     assert "USING COVERING INDEX contacts_rules_scan" in plan
+
+
+PHONES = ["+7 916 123-45-67", "8 (916) 123-45-67", "8.916.123.45.67", "+79161234567",
+          "+7\u00a0916\u00a0123\u00a04567", "+7 916 123-45-6", "+7 916 123-45-678",
+          "7 916 123 45 67", "+7 ٩١٦ 123 45 67", "+44 20 7946 0958", "", "  ", "call me",
+          "+7 916 123-45-67 ext", "8-800-555-35-35"]
+
+
+@pytest.mark.parametrize("region", ["RU", "GB"])
+def test_phones_decided_in_sql_agree_with_the_python_check(region: str) -> None:
+    mirror = Mirror.memory()
+    write(mirror, "contacts", [contact(i, phones=[p]) for i, p in enumerate(PHONES, start=1)]
+          + [contact(100, phones=["call me", "+7 916 123-45-67"]), contact(101, phones=[])])
+    config = RulesConfig(customer=CustomerConfig(phone_region=region))
+    columns = rules_io.load_record_columns(mirror, "contacts", config)
+    expected = [reachability([p], [], region)[0] for p in PHONES] + [True, False]
+    assert columns.has_phone.tolist() == expected
