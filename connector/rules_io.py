@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from functools import partial
 from itertools import compress
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +37,7 @@ from connector.stored_ledger import (
     load_previous_ledger,
     read_stored,
 )
+from rules.churn import ModelFit
 from rules.columns import (
     Codes,
     DealColumns,
@@ -69,7 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("crm_retention.rules")
-W = TypeVar("W")
 
 _BATCH = 20_000  # rows per fetchmany: bounded memory, few round trips
 
@@ -477,17 +477,16 @@ def _load_all(mirror: Mirror, config: RulesConfig, kind: str) -> _Inputs:
 
 
 def _fit_beside() -> RunBeside:
-    """Run the model fit, churn signals and segments in a forked child where fork works
-    (else in a thread), beside the ledger build.
+    """Fit the churn model in a forked child where fork works (else in a thread).
 
-    In a thread that work shares the interpreter lock with the ledger build, and both
-    slow down; a child process has its own, and the columns come back pickled.
+    In a thread the fit shares the interpreter lock with the ledger build, and both slow
+    down; a child process has its own, and the fitted columns come back pickled.
     """
     if not can_fork():
         return in_a_thread
 
-    def forked(work: Callable[[], W]) -> Pending[W]:
-        return start_forked(work, "fitting the churn model and scoring the customers")
+    def forked(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
+        return start_forked(fit, "fitting the churn model")
 
     return forked
 

@@ -55,7 +55,6 @@ from rules.segments import LIFECYCLES, VALUE_SEGMENTS, channels_of, lifecycle_co
 __all__ = ["Pending", "RunBeside", "compute", "compute_columns", "in_a_thread"]
 
 T = TypeVar("T", covariant=True)
-W = TypeVar("W")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,60 +224,40 @@ class Pending(Protocol[T]):
         """The work's value (its exception, re-raised)."""
 
 
-class RunBeside(Protocol):
-    """Starts work beside the ledger build: a thread by default; a caller that can fork
-    passes a process, so that work does not share the ledger's interpreter lock."""
-
-    def __call__(self, work: Callable[[], W]) -> Pending[W]:
-        """Start ``work`` now; its value comes from the returned ``Pending``."""
+RunBeside = Callable[[Callable[[], ModelFit]], Pending[ModelFit]]
+"""Starts the model fit beside the ledger build: a thread by default; a caller that can
+fork passes a process, so the fit does not share the ledger's interpreter lock."""
 
 
-def in_a_thread(work: Callable[[], W]) -> Pending[W]:
+def in_a_thread(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
     """``RunBeside`` with a thread: the default, and the fallback where fork is missing."""
-    # The pool lives only as long as the work: shut down without waiting, the future
+    # The pool lives only as long as the fit: shut down without waiting, the future
     # itself is waited on by the caller.
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        return pool.submit(work)
+        return pool.submit(fit)
     finally:
         pool.shutdown(wait=False)
-
-
-@dataclass(frozen=True, slots=True)
-class _FromHistory:
-    """The decisions that need the purchase history only, not the ledger."""
-
-    model: ModelFit
-    signals: ChurnSignals
-    lifecycle: IntArray
-    value: IntArray
-    rfm: RfmScores
-
-
-def _decide_from_history(history: PurchaseHistory, agg: Aggregates,
-                         config: RulesConfig) -> _FromHistory:
-    return _FromHistory(
-        model=fit_models(history, agg, config.model),
-        signals=churn_signals(history, agg, config.churn),
-        lifecycle=lifecycle_codes(agg, history.as_of_day, config.lifecycle),
-        value=value_codes(history, config.value), rfm=rfm_scores(history, config.rfm))
 
 
 def _columns(history: PurchaseHistory, config: RulesConfig, previous_ledger: PreviousLedger,
              beside: RunBeside = in_a_thread) -> _Columns:
     agg = aggregate(history)
-    # The ledger (mostly plain Python: the lot walk, the entries) is the longest step;
-    # everything that needs only the history — the model fit and its predictions
-    # (~4.6 s at a million customers), churn signals, segments, RFM — runs beside it,
-    # on a second core when ``beside`` is a process.  All are pure functions of the
-    # history: the result never depends on the timing.
-    deciding = beside(partial(_decide_from_history, history, agg, config))
+    # The model fit is numpy/scipy work; the ledger's lot walk is plain Python.  On a
+    # second core they overlap (the fit and its predictions take ~4.6 s at a million
+    # customers).  Both are pure functions of the history: the result never depends on
+    # the timing.
+    fitting = beside(partial(fit_models, history, agg, config.model))
     ledger = build_ledger(history, config.loyalty, previous_ledger)
-    decided = deciding.result()
+    signals = churn_signals(history, agg, config.churn)
+    model = fitting.result()
     return _Columns(
-        history=history, agg=agg, lifecycle=decided.lifecycle, value=decided.value,
-        rfm=decided.rfm, ledger=ledger, signals=decided.signals, model=decided.model,
-        churn=_blend(decided.signals, decided.model, agg, config.model.churn_weight),
+        history=history, agg=agg,
+        lifecycle=lifecycle_codes(agg, history.as_of_day, config.lifecycle),
+        value=value_codes(history, config.value),
+        rfm=rfm_scores(history, config.rfm),
+        ledger=ledger, signals=signals, model=model,
+        churn=_blend(signals, model, agg, config.model.churn_weight),
     )
 
 
