@@ -37,6 +37,7 @@ __all__ = [
     "Reject",
     "SyncState",
     "custom_fields_of",
+    "table_sql",
 ]
 
 ENTITY_TABLES = ("contacts", "deals", "companies")
@@ -44,6 +45,12 @@ ENTITY_TABLES = ("contacts", "deals", "companies")
 log = logging.getLogger("crm_retention.mirror")
 
 migrations = Migrations("crm_retention.mirror")
+
+
+def table_sql(db: Database, table: str) -> str:
+    """The CREATE TABLE statement of ``table``, as SQLite keeps it."""
+    return str(db.execute("select sql from sqlite_master where type = 'table' and name = ?",
+                          [table]).fetchone()[0])
 
 
 @migrations()
@@ -139,8 +146,7 @@ def m003_custom_fields_and_clustered_results(db: Database) -> None:
                    f"{_CUSTOM_FIELDS_SQL.format(table=table)} where instr(raw, '\"UF_') > 0")
     for table, key in (("customer_state", "customer_id, customer_kind"),
                        ("points_ledger", "customer_id, entry_key")):
-        ddl = db.execute("select sql from sqlite_master where type = 'table' and name = ?",
-                         [table]).fetchone()[0]
+        ddl = table_sql(db, table)
         # sqlite_master keeps the DDL as written, bar an upper-cased "CREATE TABLE"
         db.execute(re.sub(rf"^create table {table}\b", f"create table {table}_clustered", ddl,
                           flags=re.IGNORECASE) + " without rowid")
@@ -196,8 +202,7 @@ def m007_ledger_keyed_by_kind(db: Database) -> None:
     ledger beside the contact one broke the primary key.  The kind leads the key, so
     each kind's ledger is also one contiguous range of the b-tree.
     """
-    ddl = db.execute("select sql from sqlite_master where type = 'table' and "
-                     "name = 'points_ledger'").fetchone()[0]
+    ddl = table_sql(db, "points_ledger")
     keyed = re.sub(r"primary key \(customer_id, entry_key\)",
                    "primary key (customer_kind, customer_id, entry_key)", ddl,
                    flags=re.IGNORECASE)

@@ -4,7 +4,7 @@ Turning millions of entries into SQLite rows is Python work that holds the GIL, 
 file mirror it is spread over forked children (:mod:`connector.parallel`), each writing
 into a private staging file (mode 0600, journal off: scratch that a crash only loses):
 
-* the parent stages ``customer_state``;
+* the parent and one child stage half of ``customer_state`` each;
 * with no stored ledger of this customer kind, two children stage half the ledger each;
 * otherwise one child compares the new ledger with the stored one
   (:mod:`connector.ledger_delta`) and stages only what changed — or all of it when most
@@ -37,7 +37,7 @@ from sqlite_utils import Database
 from connector.errors import MirrorError
 from connector.ledger_delta import ledger_delta
 from connector.ledger_digest import DIGEST_INSERT, digest_parts, part_boundary
-from connector.mirror import Mirror
+from connector.mirror import Mirror, table_sql
 from connector.parallel import Forked, start_forked
 from connector.rules_rows import (
     append_snapshot,
@@ -73,9 +73,9 @@ class _Staged:
     stale: int = 0
 
 
-def _ddl(db: Database, table: str) -> str:
-    return str(db.execute("select sql from sqlite_master where type = 'table' and name = ?",
-                          [table]).fetchone()[0])
+def _ledger_ddl(db: Database) -> tuple[str, str]:
+    """The ledger's tables as the mirror defines them, for a staging file."""
+    return table_sql(db, "points_ledger"), table_sql(db, "points_ledger_digest")
 
 
 def _create(stage: Path, *ddl: str) -> None:
@@ -146,7 +146,7 @@ def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
 
 def _start_halves(mirror: Mirror, result: RulesResult, kind: str,
                   stages: list[Path]) -> list[Forked[_Staged]]:
-    ddl = _ddl(mirror.db, "points_ledger"), _ddl(mirror.db, "points_ledger_digest")
+    ddl = _ledger_ddl(mirror.db)
     half = min(part_boundary(len(result.ledger) // 2), len(result.ledger))  # whole parts
     bounds = [(0, half), (half, len(result.ledger))]
     for stage in stages:
@@ -166,8 +166,7 @@ def _start_ledger(mirror: Mirror, path: Path, result: RulesResult, kind: str,
         held = len(stored.fingerprints) > 0
     if not held or result.ledger_view is None:
         return _start_halves(mirror, result, kind, stages)
-    _create(stages[0], _ddl(mirror.db, "points_ledger"), _ddl(mirror.db, "points_ledger_digest"),
-            _STALE_SQL)
+    _create(stages[0], *_ledger_ddl(mirror.db), _STALE_SQL)
     known = (stored.customers, stored.fingerprints) if stored is not None else None
     return [start_forked(partial(_stage_delta, stages[0], path, result.ledger_view, kind,
                                  known), "comparing and writing the points ledger")]
@@ -201,7 +200,7 @@ def store_staged(mirror: Mirror, path: Path, result: RulesResult, kind: str, as_
         started = time.perf_counter()
         children = _start_ledger(mirror, path, result, kind, ledger_stages, stored)
         for stage in states_stages:
-            _create(stage, _ddl(mirror.db, "customer_state"))
+            _create(stage, table_sql(mirror.db, "customer_state"))
         half = len(result.states) // 2
         upper = start_forked(partial(_stage_states, states_stages[1], result, computed_at,
                                      half, len(result.states)), "writing customer states")
