@@ -19,6 +19,7 @@ import numpy as np
 
 from rules.config import ChurnConfig, FieldCondition, ModelConfig
 from rules.history import Aggregates, BoolArray, FloatArray, IntArray, PurchaseHistory
+from rules.lookup import index_in
 from rules.points import condition_matches, field_number
 
 __all__ = [
@@ -124,11 +125,8 @@ def _latest_deal_values(history: PurchaseHistory, name: str) -> dict[int, Any]:
     if not values:
         return {}
     deal_ids = np.fromiter(values.keys(), dtype=np.int64, count=len(values))
-    order = np.argsort(history.deal_id, kind="stable")
-    sorted_ids = history.deal_id[order]
-    pos = np.minimum(np.searchsorted(sorted_ids, deal_ids), max(len(sorted_ids) - 1, 0))
-    found = (sorted_ids[pos] == deal_ids) if len(sorted_ids) else np.zeros(0, dtype=np.bool_)
-    purchase = order[pos][found]
+    purchase = index_in(history.deal_id, deal_ids)
+    purchase = purchase[purchase >= 0]
     latest = np.full(len(history.customers), -1, dtype=np.int64)
     np.maximum.at(latest, history.cust[purchase], purchase)
     rows = np.flatnonzero(latest >= 0)

@@ -29,6 +29,7 @@ from rules.columns import (
     wanted_fields,
 )
 from rules.config import RulesConfig, currency_code
+from rules.lookup import index_in, sort_order
 
 __all__ = [
     "MAX_AMOUNT",
@@ -79,11 +80,7 @@ class Customers:
 
     def rows_of(self, record_ids: IntArray) -> IntArray:
         """Row of each id, or -1 for ids that are not customers."""
-        if len(self.ids) == 0:
-            return np.full(len(record_ids), -1, dtype=np.int64)
-        pos = np.searchsorted(self.ids, record_ids)
-        pos = np.minimum(pos, len(self.ids) - 1)
-        return np.where(self.ids[pos] == record_ids, pos, -1).astype(np.int64)
+        return index_in(self.ids, record_ids, ascending=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +174,7 @@ def _company_reach(contacts: RecordColumns, companies: RecordColumns,
 
 def _rows_in(ids: IntArray, wanted: IntArray) -> IntArray:
     """Position of each ``wanted`` id in ``ids`` (any order), -1 when absent."""
-    if len(ids) == 0:
-        return np.full(len(wanted), -1, dtype=np.int64)
-    order = np.argsort(ids, kind="stable")
-    pos = np.minimum(np.searchsorted(ids[order], wanted), len(ids) - 1)
-    return np.where(ids[order][pos] == wanted, order[pos], -1).astype(np.int64)
+    return index_in(ids, wanted)
 
 
 @dataclass
@@ -303,7 +296,7 @@ def build_history(customers: Customers, deals: DealColumns, config: RulesConfig,
     day = local_days(deals.moment[chosen], config.zone())
     amount_kop = np.rint(scan.amount[chosen] * 100).astype(np.int64)
     deal_id, cust = deals.id[chosen], rows[known]
-    order = np.lexsort((deal_id, day, cust))
+    order = sort_order(deal_id, day, cust)
     cust, day, deal_id, amount_kop = cust[order], day[order], deal_id[order], amount_kop[order]
     starts = np.searchsorted(cust, np.arange(len(customers) + 1)).astype(np.int64)
     notes = _scan_notes(scan, int((~known).sum()), config)

@@ -33,6 +33,7 @@ from rules.config import BonusRule, LoyaltyConfig
 from rules.history import BoolArray, IntArray, PurchaseHistory
 from rules.ledger_order import entry_order, rank_extras
 from rules.ledger_rows import LedgerRows
+from rules.lookup import index_in
 from rules.lots import (
     PHASE_DEAL,
     PHASE_EXPIRE,
@@ -125,12 +126,7 @@ class _LedgerBuilder:
     # -- bonuses and redemptions ---------------------------------------------------------
     def purchase_positions(self, deal_ids: IntArray) -> IntArray:
         """Purchase index of each deal id, -1 when the deal is not a counted purchase."""
-        order = np.argsort(self.h.deal_id, kind="stable")
-        sorted_ids = self.h.deal_id[order]
-        if len(sorted_ids) == 0:
-            return np.full(len(deal_ids), -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(sorted_ids, deal_ids), len(sorted_ids) - 1)
-        return np.where(sorted_ids[pos] == deal_ids, order[pos], -1).astype(np.int64)
+        return index_in(self.h.deal_id, deal_ids)
 
     def bonus_entries(self, rule: BonusRule, earns: _Earns) -> list[tuple[int, Event]]:
         if rule.entity == "deal":
