@@ -12,9 +12,14 @@ a recompute) is ignored: the recompute then scans the table instead.
 
 Layout of one part (rows lo:hi of the ledger, in ledger order — ascending customer)::
 
-    b"CRMLDG01", then int64 n_rows, n_earns
-    int64 customers[n_rows], fingerprints[n_rows]
-    int64 earn_customers[n_earns], earn_deals[n_earns], earn_points[n_earns]
+    b"CRMLDG02", then five integer sections (connector.int_codec):
+    customers[n_rows], fingerprints[n_rows],
+    earn_customers[n_earns], earn_deals[n_earns], earn_points[n_earns]
+
+The sections store each array at its narrowest width, customer ids as runs: about 80 MB
+for 6.5 M rows where plain int64 took 200 MB, and the digest is rewritten every run.
+A part of another version (``CRMLDG01``, plain int64) reads as no digest: the next
+recompute scans the table once and writes this version.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlite_utils import Database
 
+from connector.int_codec import decode_ints, encode_ints
 from rules.ledger_rows import EARN, EXTRA, LedgerRows, fingerprints
 
 __all__ = ["DIGEST_INSERT", "PART_ROWS", "Digest", "digest_parts", "part_boundary",
@@ -34,9 +40,8 @@ __all__ = ["DIGEST_INSERT", "PART_ROWS", "Digest", "digest_parts", "part_boundar
 DIGEST_INSERT = "insert into points_ledger_digest values (?, ?, ?, ?)"  # kind, part, n, blob
 
 IntArray = npt.NDArray[np.int64]
-MAGIC = b"CRMLDG01"
-PART_ROWS = 1 << 20  # ledger rows per BLOB: ~35 MB, far below SQLite's 1 GB limit
-_INT = np.dtype("<i8")
+MAGIC = b"CRMLDG02"
+PART_ROWS = 1 << 20  # ledger rows per BLOB: at most ~35 MB, far below SQLite's 1 GB limit
 
 
 @dataclass(frozen=True)
@@ -51,22 +56,21 @@ class Digest:
 
 
 def _pack(*arrays: IntArray) -> bytes:
-    header = np.array([len(arrays[0]), len(arrays[2])], dtype=_INT).tobytes()
-    return MAGIC + header + b"".join(np.ascontiguousarray(a, dtype=_INT).tobytes()
-                                     for a in arrays)
+    return MAGIC + b"".join(encode_ints(a) for a in arrays)
 
 
 def _unpack(blob: bytes) -> tuple[IntArray, ...]:
     if blob[:8] != MAGIC:
-        raise ValueError("not a ledger digest")
-    rows, earns = (int(v) for v in np.frombuffer(blob, dtype=_INT, count=2, offset=8))
-    sizes = (rows, rows, earns, earns, earns)
-    out, offset = [], 24
-    for size in sizes:
-        out.append(np.frombuffer(blob, dtype=_INT, count=size, offset=offset))
-        offset += size * 8
+        raise ValueError("not a ledger digest of this version")
+    out, offset = [], len(MAGIC)
+    for _ in range(5):
+        array, offset = decode_ints(blob, offset)
+        out.append(array)
     if offset != len(blob):
         raise ValueError("a ledger digest of the wrong length")
+    rows, earns = len(out[0]), len(out[2])
+    if [len(a) for a in out] != [rows, rows, earns, earns, earns]:
+        raise ValueError("a ledger digest whose arrays disagree in length")
     return tuple(out)
 
 

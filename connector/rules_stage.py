@@ -233,13 +233,18 @@ def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, comp
     for name, stage in zip(names, stages, strict=True):
         db.execute("attach database ? as " + name, [str(stage)])  # not inside a txn
     try:
+        t0 = time.perf_counter()
         with db.atomic():
             clear_kind(db, "customer_state", kind)
             for name in names[: len(states_stages)]:
                 db.execute(f"insert into main.customer_state select * from "
                            f"{name}.customer_state")
+            t1 = time.perf_counter()
             _apply_ledger(db, kind, names[len(states_stages):], staged, len(result.ledger))
+            t2 = time.perf_counter()
             append_snapshot(db, result, kind, as_of, computed_at)
+        log.debug("applied: states %.1f s, ledger and digest %.1f s, snapshot and commit "
+                  "%.1f s", t1 - t0, t2 - t1, time.perf_counter() - t2)
     finally:
         for name in names:
             db.execute(f"detach database {name}")
