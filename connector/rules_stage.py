@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlite_utils import Database
 
+from connector.bulk_insert import insert_many
 from connector.errors import MirrorError
 from connector.ledger_delta import ledger_delta
 from connector.ledger_digest import DIGEST_INSERT, digest_parts, part_boundary
@@ -111,7 +112,7 @@ def _stage_range(stage: Path, result: RulesResult, kind: str, lo: int, hi: int) 
     # one fingerprint per entry, for its row and for the digest
     prints = None if view is None else fingerprints(view, np.arange(lo, hi, dtype=np.int64))
     with _scratch(stage) as conn:
-        conn.executemany(ledger_insert(kind), ledger_rows(result, lo, hi, prints))
+        insert_many(conn, ledger_insert(kind), ledger_rows(result, lo, hi, prints))
         if view is not None:
             _stage_digest(conn, view, kind, lo, hi, prints)
     return _Staged("full", hi - lo)
@@ -137,7 +138,7 @@ def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
     with _scratch(stage) as conn:
         for lo in range(0, len(delta.upsert), _CHUNK):
             chunk = delta.upsert[lo:lo + _CHUNK]
-            conn.executemany(ledger_insert(kind), ledger_tuples(
+            insert_many(conn, ledger_insert(kind), ledger_tuples(
                 view.columns_at(chunk), delta.fingerprints[chunk].tolist()))
         conn.executemany("insert into ledger_stale values (?, ?)", delta.stale)
         _stage_digest(conn, view, kind, 0, len(view), delta.fingerprints)
@@ -185,7 +186,7 @@ def _stage_states(stage: Path, result: RulesResult, computed_at: str, lo: int, h
                   ) -> int:
     """States lo:hi into ``stage`` (the parent stages one half, a child the other)."""
     with _scratch(stage) as conn:
-        conn.executemany(state_insert(), state_rows(result.states, computed_at, lo, hi))
+        insert_many(conn, state_insert(), state_rows(result.states, computed_at, lo, hi))
     return hi - lo
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
+from connector.bulk_insert import insert_many
 from connector.ledger_digest import DIGEST_INSERT, digest_parts
 from connector.mirror import Mirror
 from connector.parallel import can_fork
@@ -60,9 +61,9 @@ def store_result(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime
     db = mirror.db
     with db.atomic():
         clear_kind(db, "customer_state", kind)
-        db.conn.executemany(state_insert(), state_rows(result.states, computed_at))
+        insert_many(db.conn, state_insert(), state_rows(result.states, computed_at))
         clear_kind(db, "points_ledger", kind)
-        db.conn.executemany(ledger_insert(kind), ledger_rows(result))
+        insert_many(db.conn, ledger_insert(kind), ledger_rows(result))
         db.execute("delete from points_ledger_digest where customer_kind = ?", [kind])
         if result.ledger_view is not None:
             db.conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob

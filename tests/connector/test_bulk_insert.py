@@ -1,0 +1,49 @@
+"""connector.bulk_insert: the grouped INSERT stores exactly what one-row INSERTs store."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from connector import bulk_insert
+from connector.bulk_insert import insert_many
+
+SQL = "insert into t (a, b, c) values (?, ?, 'k')"
+
+
+def table() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("create table t (a integer, b text, c text)")
+    return conn
+
+
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 200, 8_192 + 70])
+def test_every_row_in_order_whatever_the_count(n: int) -> None:
+    rows = [(i, f"row {i}" if i % 3 else None) for i in range(n)]
+    conn = table()
+    assert insert_many(conn, SQL, iter(rows)) == n
+    assert conn.execute("select a, b, c from t order by rowid").fetchall() == \
+        [(a, b, "k") for a, b in rows]
+
+
+def test_the_parameter_limit_shrinks_the_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bulk_insert, "_variable_limit", lambda: 5)  # 2 rows of 2 params
+    seen: list[str] = []
+    conn = table()
+    conn.set_trace_callback(seen.append)
+    insert_many(conn, SQL, [(1, "x"), (2, "y"), (3, "z")])
+    assert conn.execute("select count(*) from t").fetchone() == (3,)
+    assert any(s.count("'k'") == 2 for s in seen) and not any(s.count("'k'") > 2 for s in seen)
+
+
+def test_a_constraint_error_still_surfaces() -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("create table t (a integer primary key, b text, c text)")
+    with pytest.raises(sqlite3.IntegrityError):
+        insert_many(conn, SQL, [(1, "x"), (1, "again")])
+
+
+def test_only_one_row_inserts_are_accepted() -> None:
+    with pytest.raises(ValueError, match="one-row INSERT"):
+        insert_many(table(), "update t set a = ?", [(1,)])
