@@ -73,18 +73,37 @@ def break_ties_by_entry_key(keys: npt.NDArray[np.int64], order: list[int],
         order[start:stop] = sorted(order[start:stop], key=lambda i: extras[i].entry_key)
 
 
-def entry_order(row: npt.NDArray[Any], day: npt.NDArray[Any], phase: npt.NDArray[Any],
-                 deal: npt.NDArray[Any], sub: npt.NDArray[Any]) -> npt.NDArray[np.intp]:
+Parts = list[npt.NDArray[Any]]
+
+
+def entry_order(row: Parts, day: Parts, phase: Parts, deal: Parts, sub: Parts
+                ) -> npt.NDArray[np.intp]:
     """Entries ordered by (row, day, phase, deal, sub), as a five-key lexsort would.
 
-    Packed into two int64 keys when the values fit (rows < 2**31, day ordinals < 2**22,
-    phase and sub < 4, deal ids < 2**60), because a two-key lexsort over millions of
-    entries takes about three quarters of the time of the five-key one.
+    Each key comes in parts (earns, expiries, extras), concatenated in the same order;
+    the lists are emptied on the way so every part is freed once used — joining the
+    five keys first would hold ~120 MB more at the compute's memory peak.  Packed into
+    two int64 keys when the values fit (rows < 2**31, day ordinals < 2**22, phase and
+    sub < 4, deal ids < 2**60): a two-key lexsort over millions of entries takes about
+    three quarters of the time of the five-key one.
     """
-    fits = len(deal) == 0 or (int(deal.max()) < 2**60 and int(deal.min()) >= -1
-                              and int(day.max()) < 2**22 and int(day.min()) >= 0)
+    fits = all(len(d) == 0 or (int(d.max()) < 2**60 and int(d.min()) >= -1) for d in deal) \
+        and all(len(d) == 0 or (int(d.max()) < 2**22 and int(d.min()) >= 0) for d in day)
     if not fits:
-        return np.lexsort((sub, deal, phase, day, row))
-    primary = (row.astype(np.int64) << 24) | (day.astype(np.int64) << 2) | phase
-    secondary = ((deal.astype(np.int64) + 1) << 2) | sub
+        keys = [np.concatenate(k) for k in (sub, deal, phase, day, row)]
+        for k in (sub, deal, phase, day, row):
+            k.clear()
+        return np.lexsort(keys)
+    primary = _packed(row, day, phase, lambda r, d, p: (r.astype(np.int64) << 24)
+                      | (d.astype(np.int64) << 2) | p)
+    secondary = _packed(deal, sub, lambda d, s: ((d.astype(np.int64) + 1) << 2) | s)
     return np.lexsort((secondary, primary))
+
+
+def _packed(*keys_and_pack: Any) -> npt.NDArray[np.int64]:
+    """One int64 per entry from parallel part lists, freeing each part as it is packed."""
+    *keys, pack = keys_and_pack
+    out = []
+    while keys[0]:
+        out.append(pack(*(k.pop(0) for k in keys)))
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

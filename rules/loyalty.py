@@ -418,13 +418,15 @@ def _joined(parts: list[Any], dtype: type[np.generic] | None = None) -> npt.NDAr
 def _finish(b: _LedgerBuilder, earns: _Earns, asm: _Assembly) -> Ledger:
     h = b.h
     n = len(h.customers)
-    # Millions of entries: int32 rows and days (ordinals < 2**31) and freeing every part
-    # as soon as it is joined keep this sort, the memory peak of compute, small.
-    row = _joined(asm.row, np.int32)
-    balance = np.rint(np.bincount(row, weights=_joined(asm.points), minlength=n))
-    order = entry_order(row, _joined(asm.day, np.int32), _joined(asm.phase),
-                         _joined(asm.deal), _joined(asm.sub))
-    del row
+    # Millions of entries: the balance is summed part by part and the sort keys are
+    # packed part by part, each part freed once used, which keeps this sort (the memory
+    # peak of compute) small.  Sums of whole points are exact in float64 below 2**53.
+    balance = np.zeros(n, dtype=np.float64)
+    for rows, points in zip(asm.row, asm.points, strict=True):
+        balance += np.bincount(rows, weights=points, minlength=n)
+    balance = np.rint(balance)
+    asm.points.clear()
+    order = entry_order(asm.row, asm.day, asm.phase, asm.deal, asm.sub)
     source = _joined(asm.source)[order]
     index = _joined(asm.index)[order]
     del order
