@@ -347,11 +347,11 @@ def _texts(array: str | None) -> list[str]:
 # sufficient condition (whatever else Python strips, such a value has none of it), so a
 # contact it does not decide goes through the Python check as before.
 _DIGITS10 = "[0-9]" * 10
-_RU_PHONE_SQL = (
-    "exists (select 1 from json_each(contacts.phones) where replace(replace(replace("
-    "replace(replace(value, ' ', ''), '(', ''), ')', ''), '-', ''), '.', '') "
-    f"glob '+7{_DIGITS10}' or replace(replace(replace(replace(replace(value, ' ', ''), "
-    f"'(', ''), ')', ''), '-', ''), '.', '') glob '8{_DIGITS10}')")
+_STRIPPED = "value"
+for _noise in (" ", "(", ")", "-", "."):
+    _STRIPPED = f"replace({_STRIPPED}, '{_noise}', '')"
+_RU_PHONE_SQL = (f"exists (select 1 from json_each(contacts.phones) where {_STRIPPED} "
+                 f"glob '+7{_DIGITS10}' or {_STRIPPED} glob '8{_DIGITS10}')")
 
 
 def _record_sql(table: str, region: str = "") -> str:

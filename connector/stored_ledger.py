@@ -77,7 +77,7 @@ class StoredLedger:
     earn_deals: IntArray
     earn_points: IntArray
     others: list[LedgerEntry]  # bonus, redeem and reversal entries
-    kind: str = "contact"  # whose ledger: the customer kind it was read for
+    kind: str  # whose ledger: the customer kind it was read for
 
     def keys_only(self) -> StoredLedger:
         """The same ledger without its earns and entries (what the store still needs)."""

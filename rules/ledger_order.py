@@ -8,6 +8,7 @@ sort them in numpy; Python only breaks ties that every number leaves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -87,22 +88,27 @@ def entry_order(row: Parts, day: Parts, phase: Parts, deal: Parts, sub: Parts
     sub < 4, deal ids < 2**60): a two-key lexsort over millions of entries takes about
     three quarters of the time of the five-key one.
     """
-    fits = all(len(d) == 0 or (int(d.max()) < 2**60 and int(d.min()) >= -1) for d in deal) \
-        and all(len(d) == 0 or (int(d.max()) < 2**22 and int(d.min()) >= 0) for d in day)
+    fits = (_within(row, 0, 2**31) and _within(day, 0, 2**22)
+            and _within(deal, -1, 2**60))
     if not fits:
         keys = [np.concatenate(k) for k in (sub, deal, phase, day, row)]
         for k in (sub, deal, phase, day, row):
             k.clear()
         return np.lexsort(keys)
-    primary = _packed(row, day, phase, lambda r, d, p: (r.astype(np.int64) << 24)
+    primary = _packed([row, day, phase], lambda r, d, p: (r.astype(np.int64) << 24)
                       | (d.astype(np.int64) << 2) | p)
-    secondary = _packed(deal, sub, lambda d, s: ((d.astype(np.int64) + 1) << 2) | s)
+    secondary = _packed([deal, sub], lambda d, s: ((d.astype(np.int64) + 1) << 2) | s)
     return np.lexsort((secondary, primary))
 
 
-def _packed(*keys_and_pack: Any) -> npt.NDArray[np.int64]:
-    """One int64 per entry from parallel part lists, freeing each part as it is packed."""
-    *keys, pack = keys_and_pack
+def _within(parts: Parts, low: int, high: int) -> bool:
+    """Every value of every part in [low, high)."""
+    return all(len(p) == 0 or (int(p.min()) >= low and int(p.max()) < high) for p in parts)
+
+
+def _packed(keys: list[Parts], pack: Callable[..., npt.NDArray[np.int64]]
+            ) -> npt.NDArray[np.int64]:
+    """``pack`` of the keys' parts, part by part, freeing each part once packed."""
     out = []
     while keys[0]:
         out.append(pack(*(k.pop(0) for k in keys)))
