@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 from sqlite_utils import Database
 
-from rules.ledger_rows import entry_fingerprint, fingerprints
-from rules.models import CustomerState, Metrics, RowSequence, RulesResult
+from rules.ledger_rows import LedgerRows, entry_fingerprint, fingerprints
+from rules.models import CustomerState, LedgerEntry, Metrics, RowSequence, RulesResult
 
 __all__ = [
     "KINDS",
@@ -99,27 +99,29 @@ def ledger_tuples(cols: Mapping[str, list[Any]], fingerprints: Sequence[int]
     return zip(*(values[name] for name in _LEDGER_FIELDS), strict=True)
 
 
-def ledger_fingerprints(result: RulesResult, lo: int, hi: int) -> list[int]:
+def ledger_fingerprints(entries: Sequence[LedgerEntry], view: LedgerRows | None, lo: int,
+                        hi: int) -> list[int]:
     """The stored ``fingerprint`` of entries lo:hi (see ``rules.ledger_rows``)."""
-    if result.ledger_view is not None:
+    if view is not None:
         positions = np.arange(lo, hi, dtype=np.int64)
-        return list(fingerprints(result.ledger_view, positions).tolist())
-    return [entry_fingerprint(e) for e in result.ledger[lo:hi]]
+        return list(fingerprints(view, positions).tolist())
+    return [entry_fingerprint(e) for e in entries[lo:hi]]
 
 
-def ledger_rows(result: RulesResult, lo: int = 0, hi: int | None = None,
-                prints: npt.NDArray[np.int64] | None = None) -> Iterator[tuple[Any, ...]]:
+def ledger_rows(entries: Sequence[LedgerEntry], view: LedgerRows | None, lo: int = 0,
+                hi: int | None = None, prints: npt.NDArray[np.int64] | None = None
+                ) -> Iterator[tuple[Any, ...]]:
     """``points_ledger`` rows of entries lo:hi (kind left out), a chunk at a time.
 
-    ``prints`` are the fingerprints of entries lo:hi when the caller has them already.
+    ``view`` is the columnar form the engine built ``entries`` from (None for plain
+    entries); ``prints`` are the fingerprints of entries lo:hi when the caller has them.
     """
-    ledger = result.ledger
-    stop = len(ledger) if hi is None else hi
+    stop = len(entries) if hi is None else hi
     for start in range(lo, stop, _BATCH):
         end = min(start + _BATCH, stop)
         known = (prints[start - lo:end - lo].tolist() if prints is not None
-                 else ledger_fingerprints(result, start, end))
-        yield from ledger_tuples(_columns(ledger, start, end), known)
+                 else ledger_fingerprints(entries, view, start, end))
+        yield from ledger_tuples(_columns(entries, start, end), known)
 
 
 def ledger_insert(kind: str) -> str:

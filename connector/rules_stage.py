@@ -1,19 +1,20 @@
-"""The staged store of a rules run: rows built on both cores, copied in by one transaction.
+"""The staged store of a rules run: the ledger built on the second core, copied in at once.
 
 Turning millions of entries into SQLite rows is Python work that holds the GIL, so on a
-file mirror it is spread over forked children (:mod:`connector.parallel`), each writing
-into a private staging file (mode 0600, journal off: scratch that a crash only loses):
+file mirror the ledger's rows are built by forked children (:mod:`connector.parallel`),
+each writing into a private staging file (mode 0600, journal off: scratch that a crash
+only loses).  They start as soon as the engine's ledger is final
+(``rules.engine.LedgerReady``), while the parent still computes the states:
 
-* the parent and one child stage half of ``customer_state`` each;
 * with no stored ledger of this customer kind, two children stage half the ledger each;
 * otherwise one child compares the new ledger with the stored one
-  (:mod:`connector.ledger_delta`) and stages only what changed — or all of it when most
-  of it did.
+  (:mod:`connector.ledger_delta`) and stages only what changed — or nothing, when most
+  of it changed, and two children then stage it in halves.
 
-Nothing touches the mirror until every stage is complete; then one transaction replaces
-the states, applies the ledger (delete stale rows, upsert the rest) and appends the
-snapshot.  ``INSERT … SELECT`` from an attached stage copies records without decoding
-them.
+The parent then opens the one transaction, replaces the states itself (beside the
+children: building state rows is its share of the work), copies the staged ledger in
+(delete stale rows, upsert the rest) and appends the snapshot.  ``INSERT … SELECT`` from
+an attached stage copies records without decoding them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,9 +52,9 @@ from connector.rules_rows import (
 )
 from connector.stored_ledger import StoredLedger
 from rules.ledger_rows import LedgerRows, fingerprints
-from rules.models import RulesResult
+from rules.models import LedgerEntry, RulesResult
 
-__all__ = ["DELTA_MAX_SHARE", "store_staged"]
+__all__ = ["DELTA_MAX_SHARE", "LedgerStage", "store_staged"]
 
 log = logging.getLogger("crm_retention.rules")
 IntArray = npt.NDArray[np.int64]
@@ -106,13 +107,21 @@ def _scratch(stage: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _stage_range(stage: Path, result: RulesResult, kind: str, lo: int, hi: int) -> _Staged:
+@dataclass(frozen=True)
+class _Entries:
+    """The ledger to stage: its entries and, when the engine built them, their columns."""
+
+    ledger: Sequence[LedgerEntry]
+    view: LedgerRows | None
+
+
+def _stage_range(stage: Path, entries: _Entries, kind: str, lo: int, hi: int) -> _Staged:
     """In a child: ledger entries lo:hi, and their digest parts, into ``stage``."""
-    view = result.ledger_view
+    view = entries.view
     # one fingerprint per entry, for its row and for the digest
     prints = None if view is None else fingerprints(view, np.arange(lo, hi, dtype=np.int64))
     with _scratch(stage) as conn:
-        insert_many(conn, ledger_insert(kind), ledger_rows(result, lo, hi, prints))
+        insert_many(conn, ledger_insert(kind), ledger_rows(entries.ledger, view, lo, hi, prints))
         if view is not None:
             _stage_digest(conn, view, kind, lo, hi, prints)
     return _Staged("full", hi - lo)
@@ -145,110 +154,138 @@ def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
     return _Staged("delta", len(delta.upsert), len(delta.stale))
 
 
-def _start_halves(mirror: Mirror, result: RulesResult, kind: str,
-                  stages: list[Path]) -> list[Forked[_Staged]]:
-    ddl = _ledger_ddl(mirror.db)
-    half = min(part_boundary(len(result.ledger) // 2), len(result.ledger))  # whole parts
-    bounds = [(0, half), (half, len(result.ledger))]
+class LedgerStage:
+    """The points ledger's staging children, started as soon as the ledger is final.
+
+    The engine finishes the ledger before the churn model, segments and states
+    (``rules.engine.LedgerReady``); starting its children then puts the second core to
+    work while the parent computes on one.  ``close`` stops them and removes the files.
+    """
+
+    def __init__(self, mirror: Mirror, path: Path, kind: str,
+                 stored: StoredLedger | None) -> None:
+        self.mirror, self.path, self.kind, self.stored = mirror, path, kind, stored
+        self.files = [path.with_name(f"{path.name}-ledger-stage{i}") for i in (1, 2)]
+        self.schemas = ["ledger_stage1", "ledger_stage2"]  # the files, once attached
+        self._entries: _Entries | None = None
+        self._children: list[Forked[_Staged]] = []
+        self._attached: list[str] = []
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start`` ran."""
+        return self._entries is not None
+
+    def start(self, ledger: Sequence[LedgerEntry], view: LedgerRows | None) -> None:
+        """Fork the children: two writing halves when nothing is stored; else one
+        comparing with the stored ledger and writing what changed.
+
+        Both files are created and attached to the mirror's connection now, before any
+        child runs: attaching reads a file's schema, which a child's write lock would
+        block, and SQLite cannot attach inside the store's transaction either.
+        """
+        if self._entries is not None:
+            raise RuntimeError("the ledger stage was started already")
+        self._entries = entries = _Entries(ledger, view)
+        ddl = _ledger_ddl(self.mirror.db)
+        if view is None or not self._holds_rows():
+            for file in self.files:
+                _create(file, *ddl)
+            self._attach()
+            self._children = self._fork_halves(entries)
+            return
+        _create(self.files[0], *ddl, _STALE_SQL)
+        _create(self.files[1], *ddl)  # used only if the delta says: rewrite in halves
+        self._attach()
+        stored = self.stored
+        known = (stored.customers, stored.fingerprints) if stored is not None else None
+        self._children = [start_forked(
+            partial(_stage_delta, self.files[0], self.path, view, self.kind, known),
+            "comparing and writing the points ledger")]
+
+    def staged(self) -> list[_Staged]:
+        """Wait for the children; rewrite in halves when the delta found most changed."""
+        if self._entries is None:
+            raise RuntimeError("the ledger stage was never started")
+        staged = [child.result() for child in self._children]
+        if [s.mode for s in staged] != ["rewrite"]:
+            return staged
+        # the delta child wrote nothing: its file and the spare one take the halves
+        self._children = self._fork_halves(self._entries)
+        return [child.result() for child in self._children]
+
+    def close(self) -> None:
+        """Stop any child still running, detach and delete the staging files; idempotent."""
+        for child in self._children:
+            child.cancel()
+        while self._attached:
+            self.mirror.db.execute(f"detach database {self._attached.pop()}")
+        _remove(self.files)
+
+    def _attach(self) -> None:
+        for name, file in zip(self.schemas, self.files, strict=True):
+            self.mirror.db.execute("attach database ? as " + name, [str(file)])
+            self._attached.append(name)
+
+    def _holds_rows(self) -> bool:
+        if self.stored is not None:
+            return len(self.stored.fingerprints) > 0
+        return self.mirror.db.execute("select 1 from points_ledger where customer_kind = ? "
+                                      "limit 1", [self.kind]).fetchone() is not None
+
+    def _fork_halves(self, entries: _Entries) -> list[Forked[_Staged]]:
+        count = len(entries.ledger)
+        half = min(part_boundary(count // 2), count)  # whole digest parts
+        return [start_forked(partial(_stage_range, stage, entries, self.kind, lo, hi),
+                             "writing the points ledger")
+                for stage, (lo, hi) in zip(self.files, [(0, half), (half, count)],
+                                           strict=True)]
+
+
+def _remove(stages: list[Path]) -> None:
     for stage in stages:
-        _create(stage, *ddl)
-    return [start_forked(partial(_stage_range, stage, result, kind, lo, hi),
-                         "writing the points ledger")
-            for stage, (lo, hi) in zip(stages, bounds, strict=True)]
-
-
-def _start_ledger(mirror: Mirror, path: Path, result: RulesResult, kind: str,
-                  stages: list[Path], stored: StoredLedger | None) -> list[Forked[_Staged]]:
-    """Two children writing halves when nothing is stored; else one child comparing."""
-    if stored is None:
-        held = mirror.db.execute("select 1 from points_ledger where customer_kind = ? "
-                                 "limit 1", [kind]).fetchone() is not None
-    else:
-        held = len(stored.fingerprints) > 0
-    if not held or result.ledger_view is None:
-        return _start_halves(mirror, result, kind, stages)
-    _create(stages[0], *_ledger_ddl(mirror.db), _STALE_SQL)
-    known = (stored.customers, stored.fingerprints) if stored is not None else None
-    return [start_forked(partial(_stage_delta, stages[0], path, result.ledger_view, kind,
-                                 known), "comparing and writing the points ledger")]
-
-
-def _ledger_staged(mirror: Mirror, result: RulesResult, kind: str, stages: list[Path],
-                   children: list[Forked[_Staged]]) -> list[_Staged]:
-    staged = [child.result() for child in children]
-    if [s.mode for s in staged] != ["rewrite"]:
-        return staged
-    children[:] = _start_halves(mirror, result, kind, stages)
-    return [child.result() for child in children]
-
-
-def _stage_states(stage: Path, result: RulesResult, computed_at: str, lo: int, hi: int
-                  ) -> int:
-    """States lo:hi into ``stage`` (the parent stages one half, a child the other)."""
-    with _scratch(stage) as conn:
-        insert_many(conn, state_insert(), state_rows(result.states, computed_at, lo, hi))
-    return hi - lo
+        for file in (stage, Path(f"{stage}-journal")):
+            file.unlink(missing_ok=True)
 
 
 def store_staged(mirror: Mirror, path: Path, result: RulesResult, kind: str, as_of: datetime,
-                 computed_at: str, stored: StoredLedger | None = None) -> None:
-    """Stage states and ledger on both cores, then apply them in one transaction."""
-    states_stages = [path.with_name(f"{path.name}-states-stage{i}") for i in (1, 2)]
-    ledger_stages = [path.with_name(f"{path.name}-ledger-stage{i}") for i in (1, 2)]
-    children: list[Forked[_Staged]] = []
-    upper: Forked[int] | None = None
+                 computed_at: str, stored: StoredLedger | None = None,
+                 ledger: LedgerStage | None = None) -> None:
+    """Write the states while children stage the ledger, then copy it in: one transaction.
+
+    ``ledger`` is a stage the caller started early (and closes); without one, this
+    starts its own from ``result``.
+    """
+    own = ledger is None
+    stage = LedgerStage(mirror, path, kind, stored) if ledger is None else ledger
     try:
-        started = time.perf_counter()
-        children = _start_ledger(mirror, path, result, kind, ledger_stages, stored)
-        for stage in states_stages:
-            _create(stage, table_sql(mirror.db, "customer_state"))
-        half = len(result.states) // 2
-        upper = start_forked(partial(_stage_states, states_stages[1], result, computed_at,
-                                     half, len(result.states)), "writing customer states")
-        _stage_states(states_stages[0], result, computed_at, 0, half)
-        upper.result()
-        staged_states = time.perf_counter()
-        staged = _ledger_staged(mirror, result, kind, ledger_stages, children)
-        ready = time.perf_counter()
-        _apply(mirror, result, kind, as_of, computed_at, states_stages,
-               ledger_stages[: len(staged)], staged)
-        log.debug("states staged %.1f s, ledger ready %.1f s later (%s), applied in %.1f s",
-                  staged_states - started, ready - staged_states,
-                  ", ".join(f"{s.mode}: {s.rows:,} rows, {s.stale:,} stale" for s in staged),
-                  time.perf_counter() - ready)
+        if not stage.started:
+            stage.start(result.ledger, result.ledger_view)
+        _apply(mirror, result, kind, as_of, computed_at, stage)
     finally:
-        for child in children:
-            child.cancel()
-        if upper is not None:
-            upper.cancel()
-        for stage in [*states_stages, *ledger_stages]:
-            for file in (stage, Path(f"{stage}-journal")):
-                file.unlink(missing_ok=True)
+        if own:
+            stage.close()
 
 
 def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, computed_at: str,
-           states_stages: list[Path], ledger_stages: list[Path], staged: list[_Staged]) -> None:
+           stage: LedgerStage) -> None:
+    """The one transaction: states written here, beside the ledger children; then their
+    stages copied in.  The write lock is held from the first state row to the commit."""
     db = mirror.db
-    stages = [*states_stages, *ledger_stages]
-    names = [f"stage{i}" for i in range(len(stages))]
-    for name, stage in zip(names, stages, strict=True):
-        db.execute("attach database ? as " + name, [str(stage)])  # not inside a txn
-    try:
-        t0 = time.perf_counter()
-        with db.atomic():
-            clear_kind(db, "customer_state", kind)
-            for name in names[: len(states_stages)]:
-                db.execute(f"insert into main.customer_state select * from "
-                           f"{name}.customer_state")
-            t1 = time.perf_counter()
-            _apply_ledger(db, kind, names[len(states_stages):], staged, len(result.ledger))
-            t2 = time.perf_counter()
-            append_snapshot(db, result, kind, as_of, computed_at)
-        log.debug("applied: states %.1f s, ledger and digest %.1f s, snapshot and commit "
-                  "%.1f s", t1 - t0, t2 - t1, time.perf_counter() - t2)
-    finally:
-        for name in names:
-            db.execute(f"detach database {name}")
+    t0 = time.perf_counter()
+    with db.atomic():
+        clear_kind(db, "customer_state", kind)
+        insert_many(db.conn, state_insert(), state_rows(result.states, computed_at))
+        t1 = time.perf_counter()
+        staged = stage.staged()
+        t2 = time.perf_counter()
+        _apply_ledger(db, kind, stage.schemas[: len(staged)], staged, len(result.ledger))
+        t3 = time.perf_counter()
+        append_snapshot(db, result, kind, as_of, computed_at)
+    log.debug("stored: states %.1f s, ledger ready %.1f s later (%s), ledger and digest "
+              "copied %.1f s, snapshot and commit %.1f s", t1 - t0, t2 - t1,
+              ", ".join(f"{s.mode}: {s.rows:,} rows, {s.stale:,} stale" for s in staged),
+              t3 - t2, time.perf_counter() - t3)
 
 
 def _apply_ledger(db: Database, kind: str, names: list[str], staged: list[_Staged],

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from connector.errors import MirrorError
 from connector.mirror import Mirror, SyncState
 from connector.parallel import can_fork
 from connector.rules_io import load_inputs, run_rules
+from rules import engine as rules_engine
 from rules.columns import reachability, wanted_fields
 from rules.config import CustomerConfig, RulesConfig
 from rules.engine import compute
@@ -341,6 +345,66 @@ def test_a_failing_ledger_child_keeps_the_previous_results(
         run_rules(mirror, RulesConfig(), as_of=LATER)
     assert stored(mirror) == before
     assert not list(tmp_path.glob("*stage*"))
+
+
+@pytest.mark.skipif(not can_fork(), reason="fork is not available here")
+def test_the_store_never_waits_on_a_child_holding_its_stage_locked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
+    mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
+    # Attaching a stage reads its schema, which fails while a child writes it: with no
+    # busy timeout at all, any attach after the children started would raise.
+    mirror.db.execute("pragma busy_timeout = 0")
+    real, scratch = rules_stage.ledger_rows, rules_stage._scratch
+
+    @contextmanager
+    def spilling(stage: Path) -> Iterator[sqlite3.Connection]:
+        with scratch(stage) as conn:
+            # a real ledger outgrows the page cache at once, and the spill locks the
+            # file until the commit: 4 MB of scratch does the same here
+            conn.execute("create table spill (data blob)")
+            conn.execute("insert into spill values (zeroblob(4000000))")
+            yield conn
+
+    def slow(*args: Any) -> Iterator[tuple[Any, ...]]:
+        for i, row in enumerate(real(*args)):
+            if i == 1:
+                time.sleep(0.5)  # in the child, inside its write transaction
+            yield row
+
+    monkeypatch.setattr(rules_stage, "ledger_rows", slow)
+    monkeypatch.setattr(rules_stage, "_scratch", spilling)
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
+    serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
+    run_rules(serial, RulesConfig(), as_of=AS_OF)
+    assert stored(mirror) == stored(serial)
+
+
+@pytest.mark.skipif(not can_fork(), reason="fork is not available here")
+@pytest.mark.parametrize("previous", [False, True])
+def test_the_ledger_is_staged_while_the_states_are_computed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, previous: bool) -> None:
+    monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
+    mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
+    if previous:
+        run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    before = stored(mirror)
+    seen: list[list[str]] = []
+    real = rules_engine.churn_signals
+
+    def fails_after_looking(*args: Any) -> Any:
+        # by now the ledger's children are running, writing into their staging files
+        seen.append(sorted(p.name.split("-")[-1] for p in tmp_path.glob("*ledger-stage*")))
+        real(*args)
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(rules_engine, "churn_signals", fails_after_looking)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_rules(mirror, RulesConfig(), as_of=LATER)
+    assert seen == [["stage1", "stage2"]]  # the delta child's file, and a spare for halves
+    assert stored(mirror) == before
+    assert not list(tmp_path.glob("*stage*")), "the children stopped, their files removed"
 
 
 @pytest.mark.parametrize("kind", ["contact", "company"])
