@@ -30,8 +30,7 @@ from sqlite_utils import Database
 
 from connector.mirror import Mirror
 from connector.parallel import can_fork, start_forked
-from connector.rules_stage import LedgerStage
-from connector.rules_store import mirror_file, staging_file, store_result
+from connector.rules_store import mirror_file, store_result
 from connector.stored_ledger import (
     StoredLedger,
     load_previous_columns,
@@ -51,8 +50,7 @@ from rules.columns import (
     wanted_fields,
 )
 from rules.config import RulesConfig
-from rules.engine import LedgerReady, Pending, RunBeside, compute_columns, in_a_thread
-from rules.loyalty import Ledger
+from rules.engine import Pending, RunBeside, compute_columns, in_a_thread
 from rules.models import (
     Company,
     Contact,
@@ -511,28 +509,6 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _ledger_stage(mirror: Mirror, kind: str, stored: StoredLedger, store: bool
-                  ) -> LedgerStage | None:
-    """A ledger stage to start early, where the staged store may be used."""
-    path = mirror_file(mirror)
-    if not store or path is None or not can_fork():
-        return None
-    # keys only: the stage must not keep the stored earns alive through the store
-    return LedgerStage(mirror, path, kind, stored.keys_only())
-
-
-def _start_when_ready(stage: LedgerStage | None) -> LedgerReady | None:
-    """Start ``stage`` once the engine's ledger is final, if the store will stage it."""
-    if stage is None:
-        return None
-
-    def ready(ledger: Ledger) -> None:
-        if staging_file(stage.mirror, len(ledger.entries)) is not None:
-            stage.start(ledger.entries, ledger.view)
-
-    return ready
-
-
 def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = None,
               store: bool = True) -> RulesResult:
     """Recompute everything from the mirror; with ``store``, persist it in one transaction.
@@ -544,31 +520,24 @@ def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = N
     as_of = as_of or now
     kind = config.customer.kind
     started = time.perf_counter()
-    stage: LedgerStage | None = None
     with _cyclic_gc_paused():
-        try:
-            inputs = _load_all(mirror, config, kind)
-            read = time.perf_counter()
-            stored = inputs.stored
-            stage = _ledger_stage(mirror, kind, stored, store)
-            # Handed over by a list emptied on the way, so compute_columns holds the only
-            # references to the raw columns and can free them once its purchase history
-            # is built (~0.3 GB at a million customers).
-            columns: list[Any] = [inputs.contacts, inputs.deals, inputs.companies]
-            del inputs
-            result = compute_columns(columns.pop(0), columns.pop(0), columns.pop(0), config,
-                                     as_of, stored.previous(mirror), beside=_fit_beside(),
-                                     ledger_ready=_start_when_ready(stage))
-            computed = time.perf_counter()
-            # The store needs only the stored rows' keys: free the earns and entries
-            # before the store's children fork, when memory peaks.
-            stored = stored.keys_only()
-            if store:
-                store_result(mirror, result, kind, as_of, now.isoformat(timespec="seconds"),
-                             stored=stored, ledger=stage)
-        finally:
-            if stage is not None:
-                stage.close()
+        inputs = _load_all(mirror, config, kind)
+        read = time.perf_counter()
+        stored = inputs.stored
+        # Handed over by a list emptied on the way, so compute_columns holds the only
+        # references to the raw columns and can free them once its purchase history is
+        # built (~0.3 GB at a million customers).
+        columns: list[Any] = [inputs.contacts, inputs.deals, inputs.companies]
+        del inputs
+        result = compute_columns(columns.pop(0), columns.pop(0), columns.pop(0), config,
+                                 as_of, stored.previous(mirror), beside=_fit_beside())
+        computed = time.perf_counter()
+        # The store needs only the stored rows' keys: free the earns and entries before
+        # the store's children fork, when memory peaks.
+        stored = stored.keys_only()
+        if store:
+            store_result(mirror, result, kind, as_of, now.isoformat(timespec="seconds"),
+                         stored=stored)
     log.info("rules: %d customers, %d ledger entries; read %.1f s, compute %.1f s, "
              "store %.1f s", len(result.states), len(result.ledger), read - started,
              computed - read, time.perf_counter() - computed)

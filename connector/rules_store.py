@@ -28,11 +28,11 @@ from connector.rules_rows import (
     state_insert,
     state_rows,
 )
-from connector.rules_stage import LedgerStage, store_staged
+from connector.rules_stage import store_staged
 from connector.stored_ledger import StoredLedger
 from rules.models import RulesResult
 
-__all__ = ["PARALLEL_MIN_LEDGER_ROWS", "mirror_file", "staging_file", "store_result"]
+__all__ = ["PARALLEL_MIN_LEDGER_ROWS", "mirror_file", "store_result"]
 
 # Below this many ledger rows child processes and staging files cost more than they save.
 PARALLEL_MIN_LEDGER_ROWS = 200_000
@@ -46,30 +46,18 @@ def mirror_file(mirror: Mirror) -> Path | None:
     return None
 
 
-def staging_file(mirror: Mirror, entries: int) -> Path | None:
-    """The mirror's file when a ledger of ``entries`` rows goes through the staged store."""
-    path = mirror_file(mirror)
-    if path is not None and can_fork() and entries >= PARALLEL_MIN_LEDGER_ROWS:
-        return path
-    return None
-
-
 def store_result(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime,
-                 computed_at: str, stored: StoredLedger | None = None,
-                 ledger: LedgerStage | None = None) -> None:
+                 computed_at: str, stored: StoredLedger | None = None) -> None:
     """Replace ``kind``'s states and ledger with ``result``, append a snapshot — atomically.
 
-    ``stored`` is the ledger this run started from, when the caller read it already;
-    ``ledger`` a staging of ``result``'s ledger the caller started early (it closes it).
+    ``stored`` is the ledger this run started from, when the caller read it already.
     """
     if kind not in KINDS:
         raise ValueError(f"customer kind must be one of {KINDS}, not {kind!r}")
-    path = staging_file(mirror, len(result.ledger))
-    if path is not None:
-        store_staged(mirror, path, result, kind, as_of, computed_at, stored, ledger)
+    path = mirror_file(mirror)
+    if path is not None and can_fork() and len(result.ledger) >= PARALLEL_MIN_LEDGER_ROWS:
+        store_staged(mirror, path, result, kind, as_of, computed_at, stored)
         return
-    if ledger is not None and ledger.started:
-        raise ValueError("the ledger was staged early, but this result is stored directly")
     db = mirror.db
     with db.atomic():
         clear_kind(db, "customer_state", kind)

@@ -52,7 +52,7 @@ from rules.reasons import churn_reason_column, churn_reasons
 from rules.rfm import RfmScores, rfm_scores
 from rules.segments import LIFECYCLES, VALUE_SEGMENTS, channels_of, lifecycle_codes, value_codes
 
-__all__ = ["LedgerReady", "Pending", "RunBeside", "compute", "compute_columns", "in_a_thread"]
+__all__ = ["Pending", "RunBeside", "compute", "compute_columns", "in_a_thread"]
 
 T = TypeVar("T", covariant=True)
 
@@ -240,14 +240,8 @@ def in_a_thread(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
         pool.shutdown(wait=False)
 
 
-LedgerReady = Callable[[Ledger], None]
-"""Told the finished ledger as soon as it is built, before the states are: a store can
-start writing it while the churn signals, segments and metrics are still computed."""
-
-
 def _columns(history: PurchaseHistory, config: RulesConfig, previous_ledger: PreviousLedger,
-             beside: RunBeside = in_a_thread, ledger_ready: LedgerReady | None = None
-             ) -> _Columns:
+             beside: RunBeside = in_a_thread) -> _Columns:
     agg = aggregate(history)
     # The model fit is numpy/scipy work; the ledger's lot walk is plain Python.  On a
     # second core they overlap (the fit and its predictions take ~4.6 s at a million
@@ -255,8 +249,6 @@ def _columns(history: PurchaseHistory, config: RulesConfig, previous_ledger: Pre
     # the timing.
     fitting = beside(partial(fit_models, history, agg, config.model))
     ledger = build_ledger(history, config.loyalty, previous_ledger)
-    if ledger_ready is not None:
-        ledger_ready(ledger)
     signals = churn_signals(history, agg, config.churn)
     model = fitting.result()
     return _Columns(
@@ -288,14 +280,12 @@ def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: Reco
                     config: RulesConfig, as_of: datetime,
                     previous_ledger: Sequence[LedgerEntry] | PreviousLedger = (),
                     period: tuple[date, date] | None = None,
-                    beside: RunBeside = in_a_thread,
-                    ledger_ready: LedgerReady | None = None) -> RulesResult:
+                    beside: RunBeside = in_a_thread) -> RulesResult:
     """:func:`compute` on columnar inputs (``rules.columns``): no record objects needed.
 
     This is the entry point for readers that can produce columns themselves (the mirror
     reads SQLite straight into numpy), which keeps millions of deals cheap in memory.
-    ``beside`` starts the model fit while the ledger is built (see ``RunBeside``);
-    ``ledger_ready`` is told the ledger once it is final (see ``LedgerReady``).
+    ``beside`` starts the model fit while the ledger is built (see ``RunBeside``).
     """
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
@@ -304,8 +294,7 @@ def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: Reco
     # The raw columns are not needed any more; when the caller passed them without
     # keeping a reference (rules_io does), this frees them before the ledger's peak.
     del contacts, deals, companies
-    cols = _columns(history, config, PreviousLedger.of(previous_ledger), beside,
-                    ledger_ready)
+    cols = _columns(history, config, PreviousLedger.of(previous_ledger), beside)
     start, end = period or default_period(date.fromordinal(history.as_of_day),
                                           config.metrics.period_months)
     metrics = compute_metrics(history, start, end, config.metrics, _snapshot(cols, config))

@@ -20,7 +20,6 @@ from connector.errors import MirrorError
 from connector.mirror import Mirror, SyncState
 from connector.parallel import can_fork
 from connector.rules_io import load_inputs, run_rules
-from rules import engine as rules_engine
 from rules.columns import reachability, wanted_fields
 from rules.config import CustomerConfig, RulesConfig
 from rules.engine import compute
@@ -379,32 +378,6 @@ def test_the_store_never_waits_on_a_child_holding_its_stage_locked(
     serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
     run_rules(serial, RulesConfig(), as_of=AS_OF)
     assert stored(mirror) == stored(serial)
-
-
-@pytest.mark.skipif(not can_fork(), reason="fork is not available here")
-@pytest.mark.parametrize("previous", [False, True])
-def test_the_ledger_is_staged_while_the_states_are_computed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, previous: bool) -> None:
-    monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
-    mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
-    if previous:
-        run_rules(mirror, RulesConfig(), as_of=AS_OF)
-    before = stored(mirror)
-    seen: list[list[str]] = []
-    real = rules_engine.churn_signals
-
-    def fails_after_looking(*args: Any) -> Any:
-        # by now the ledger's children are running, writing into their staging files
-        seen.append(sorted(p.name.split("-")[-1] for p in tmp_path.glob("*ledger-stage*")))
-        real(*args)
-        raise RuntimeError("out of memory")
-
-    monkeypatch.setattr(rules_engine, "churn_signals", fails_after_looking)
-    with pytest.raises(RuntimeError, match="out of memory"):
-        run_rules(mirror, RulesConfig(), as_of=LATER)
-    assert seen == [["stage1", "stage2"]]  # the delta child's file, and a spare for halves
-    assert stored(mirror) == before
-    assert not list(tmp_path.glob("*stage*")), "the children stopped, their files removed"
 
 
 @pytest.mark.parametrize("kind", ["contact", "company"])

@@ -10,8 +10,6 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rules import engine
-from rules.columns import company_columns, contact_columns, deal_columns
 from rules.config import BonusRule, LoyaltyConfig, RulesConfig
 from rules.engine import compute
 from rules.models import Contact, Deal, RowSequence
@@ -63,28 +61,3 @@ def test_columns_equal_rows(spec: list[Any], a: int, b: int) -> None:
 def test_a_plain_row_sequence_transposes_its_rows() -> None:
     rows = RowSequence(3, lambda i: Contact(id=i, name=f"c{i}"))
     assert rows.columns(1, 3)["name"] == ["c1", "c2"] and rows.columns(2, 2) == {}
-
-
-def test_ledger_ready_is_told_the_final_ledger_before_the_churn_signals(
-        monkeypatch: Any) -> None:
-    deals = [deal(n, 1 + n % 3, 10 * n, 1000, "", n == 2) for n in range(1, 9)]
-    order: list[str] = []
-    told: list[Any] = []
-    real = engine.churn_signals
-
-    def signals(*args: Any) -> Any:
-        order.append("churn signals")
-        return real(*args)
-
-    def ready(ledger: Any) -> None:
-        order.append("ledger ready")
-        told.append(ledger)
-
-    monkeypatch.setattr(engine, "churn_signals", signals)
-    result = engine.compute_columns(contact_columns(CONTACTS, CONFIG),
-                                    deal_columns(deals, CONFIG),
-                                    company_columns([], CONFIG), CONFIG, AS_OF,
-                                    ledger_ready=ready)
-    assert order == ["ledger ready", "churn signals"]
-    assert told[0].entries is result.ledger and told[0].view is result.ledger_view
-    assert len(result.ledger) > 0
