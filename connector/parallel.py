@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import threading
 import traceback
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -36,7 +37,7 @@ def can_fork() -> bool:
 class Forked(Generic[T]):
     """A task running in a child process (or already run inline); ``result()`` waits."""
 
-    def __init__(self, task: Callable[[], T], what: str) -> None:
+    def __init__(self, task: Callable[[], T], what: str, read_early: bool = False) -> None:
         self.what = what
         self._inline: tuple[bool, T | BaseException] | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
@@ -49,6 +50,11 @@ class Forked(Generic[T]):
         self._process = context.Process(target=_child_main, args=(task, sender), daemon=True)
         self._process.start()
         sender.close()  # only the child writes: EOF tells us it died without answering
+        self._payload = b""
+        self._reader = threading.Thread(target=self._read_answer, daemon=True,
+                                        name=f"answer of {what}")
+        if read_early:
+            self._reader.start()
 
     def result(self) -> T:
         """The task's return value; its exception (as :class:`MirrorError`) if it failed."""
@@ -65,18 +71,29 @@ class Forked(Generic[T]):
         if process is not None and process.exitcode is None:
             process.terminate()
             process.join()
-        if process is not None and not self._receiver.closed:
+        if process is not None and self._reader.is_alive():
+            self._reader.join()  # the terminated child's pipe gives EOF
+        elif process is not None and not self._receiver.closed:
+            self._receiver.close()
+
+    def _read_answer(self) -> None:
+        # os.read releases the interpreter lock: this thread waits without slowing the
+        # parent, and does nothing else (it takes no lock a later fork could inherit)
+        try:
+            self._payload = self._receiver.recv_bytes()
+        except (EOFError, OSError):
+            self._payload = b""
+        finally:
             self._receiver.close()
 
     def _receive(self) -> tuple[bool, T | BaseException]:
         assert self._process is not None
-        try:
-            payload = self._receiver.recv_bytes()
-        except EOFError:
-            payload = b""
-        finally:
-            self._receiver.close()
-            self._process.join()
+        if self._reader.ident is None:  # not read early: read it now
+            self._read_answer()
+        else:
+            self._reader.join()
+        self._process.join()
+        payload, self._payload = self._payload, b""
         if not payload:
             code = self._process.exitcode
             return False, RuntimeError(f"the child process exited with code {code}")
@@ -84,9 +101,16 @@ class Forked(Generic[T]):
         return ok, value
 
 
-def start_forked(task: Callable[[], T], what: str) -> Forked[T]:
-    """Start ``task`` in a forked child now; ``what`` names it in error messages."""
-    return Forked(task, what)
+def start_forked(task: Callable[[], T], what: str, read_early: bool = False) -> Forked[T]:
+    """Start ``task`` in a forked child now; ``what`` names it in error messages.
+
+    With ``read_early`` a thread reads the answer the moment the child sends it, so the
+    child exits (and frees its memory) without waiting for ``result()``: worth it for a
+    child that finishes long before its result is wanted.  The answer's bytes then wait
+    in the parent instead — for a big answer received while the parent allocates (the
+    deal scan's), that fragments the parent's heap, so it is off by default.
+    """
+    return Forked(task, what, read_early)
 
 
 def _run_inline(task: Callable[[], T]) -> tuple[bool, T | BaseException]:

@@ -486,7 +486,8 @@ def _fit_beside() -> RunBeside:
         return in_a_thread
 
     def forked(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
-        return start_forked(fit, "fitting the churn model")
+        # read early: the fit ends seconds before the ledger build, at its memory peak
+        return start_forked(fit, "fitting the churn model", read_early=True)
 
     return forked
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -43,8 +44,6 @@ def test_a_child_that_dies_without_answering_is_reported() -> None:
 
 @needs_fork
 def test_cancel_stops_a_child_still_running() -> None:
-    import time
-
     task = start_forked(lambda: time.sleep(30), "a slow task")
     started = time.monotonic()
     task.cancel()
@@ -63,3 +62,29 @@ def test_without_fork_the_task_runs_inline(monkeypatch: pytest.MonkeyPatch) -> N
 
     with pytest.raises(MirrorError, match="inline failed: nope"):
         start_forked(fail, "inline").result()
+
+
+def _exits_within(task: object, seconds: float) -> bool:
+    process = task._process  # type: ignore[attr-defined]
+    process.join(seconds)
+    return process.exitcode is not None
+
+
+@needs_fork
+def test_an_answer_read_early_lets_the_child_exit_before_result_is_asked() -> None:
+    answer = b"x" * 4_000_000  # far more than a pipe holds: the child blocks on sending
+    late = start_forked(lambda: answer, "read when asked")
+    early = start_forked(lambda: answer, "read early", read_early=True)
+    assert _exits_within(early, 10.0), "the early-read child is gone"
+    assert not _exits_within(late, 0.5), "the other still waits for its answer to be read"
+    assert early.result() == answer and late.result() == answer
+
+
+@needs_fork
+def test_cancelling_an_early_read_task_stops_the_child_and_its_reader() -> None:
+    task = start_forked(lambda: time.sleep(30), "a slow task", read_early=True)
+    started = time.monotonic()
+    task.cancel()
+    assert time.monotonic() - started < 10.0
+    with pytest.raises(MirrorError, match="a slow task failed"):
+        task.result()
