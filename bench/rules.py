@@ -380,6 +380,29 @@ def recompute(path: Path, fresh: bool, days_later: int = 0) -> dict[str, Any]:
             "notes": list(result.notes)}
 
 
+def host_reference() -> float:
+    """Seconds for a fixed piece of recompute-like work, best of three: a speed gauge.
+
+    This VM's speed drifts by up to half within an hour (memory and the neighbours, not
+    the code), so each recompute figure is printed beside this one, measured just before
+    it: the same numpy sort, Python tuples and SQLite inserts on the same data each time.
+    """
+    import sqlite3
+
+    values = np.random.default_rng(0).integers(0, 2**40, 2_000_000)
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        np.sort(values)
+        rows = [(v, str(v), v * 0.5) for v in values[:300_000].tolist()]
+        conn = sqlite3.connect(":memory:")
+        conn.execute("create table t (a integer primary key, b text, c real) without rowid")
+        conn.executemany("insert or replace into t values (?, ?, ?)", rows)
+        conn.close()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
 def run_child(args: list[str]) -> dict[str, Any]:
     """Run this script in a child process and return the JSON it prints last."""
     # stderr passes through, so a failing child shows its traceback
@@ -433,8 +456,10 @@ def bench_recompute(customers: int, deals: int, seed: int, lock: bool) -> None:
     with cache_locked(path, lock) as cache:
         print(f"cache: {cache}")
         for label, flags in runs:
+            gauge = host_reference()
             figures = run_child(["--child", str(path), *flags])
-            print(f"{label}: {figures['seconds']} s; peak memory {figures['tree_pss_mb']} MiB "
+            print(f"{label}: {figures['seconds']} s (host gauge {gauge:.2f} s); "
+                  f"peak memory {figures['tree_pss_mb']} MiB "
                   f"(PSS of the recompute and its forked children; parent VmHWM "
                   f"{figures['vm_hwm_mb']} MiB, largest child RSS "
                   f"{figures['child_rss_mb']} MiB); {figures['states']:,} states, "
