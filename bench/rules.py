@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python bench/rules.py                       # 1,000,000 customers, 5,000,000 deals
     .venv/bin/python bench/rules.py --customers 100000 --deals 500000
     .venv/bin/python bench/rules.py --skip-fit            # recompute only
+    .venv/bin/python bench/rules.py --skip-fit --phases   # ... with phase timings
     /tmp/benchvenv/bin/python bench/rules.py --fit-only   # fit comparison with lifetimes
 
 The synthetic mirror is cached under ``bench/out/`` (gitignored) per size and seed.  Each
@@ -441,7 +442,8 @@ def cache_locked(path: Path, wanted: bool) -> Iterator[str]:
         pidfile.unlink(missing_ok=True)
 
 
-def bench_recompute(customers: int, deals: int, seed: int, lock: bool) -> None:
+def bench_recompute(customers: int, deals: int, seed: int, lock: bool,
+                    phases: bool = False) -> None:
     """Generate (or reuse) the mirror, then time a first, a repeated and a next-day run."""
     path = mirror_path(customers, deals, seed)
     if not path.exists():
@@ -457,7 +459,7 @@ def bench_recompute(customers: int, deals: int, seed: int, lock: bool) -> None:
         print(f"cache: {cache}")
         for label, flags in runs:
             gauge = host_reference()
-            figures = run_child(["--child", str(path), *flags])
+            figures = run_child(["--child", str(path), *flags, *(["--phases"] if phases else [])])
             print(f"{label}: {figures['seconds']} s (host gauge {gauge:.2f} s); "
                   f"peak memory {figures['tree_pss_mb']} MiB "
                   f"(PSS of the recompute and its forked children; parent VmHWM "
@@ -477,17 +479,26 @@ def main() -> None:
     parser.add_argument("--fit-only", action="store_true", help="BG/NBD fit times only")
     parser.add_argument("--no-lock", action="store_true",
                         help="do not lock the mirror's pages in RAM (see cache_locked)")
+    parser.add_argument("--phases", action="store_true",
+                        help="log each recompute's phase timings (read, compute, store) "
+                             "to stderr")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--days-later", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.phases:
+            import logging
+
+            logging.basicConfig(format="  %(relativeCreated)6.0f ms  %(message)s")
+            logging.getLogger("crm_retention.rules").setLevel(logging.DEBUG)
         print(json.dumps(recompute(args.child, fresh=args.fresh, days_later=args.days_later)))
         return
     print(f"machine: {machine()}; {datetime.now(UTC):%Y-%m-%d}")
     if not args.fit_only:
-        bench_recompute(args.customers, args.deals, args.seed, lock=not args.no_lock)
+        bench_recompute(args.customers, args.deals, args.seed, lock=not args.no_lock,
+                        phases=args.phases)
     if not args.skip_fit:
         bench_fit(CDNOW, seed=args.seed)
 
