@@ -72,7 +72,7 @@ class LedgerRows:
     day: IntArray
     deal_id: IntArray
     points: IntArray
-    tier: IntArray
+    tier: npt.NDArray[np.integer[Any]]  # a narrow integer type: widen before arithmetic
     birthday: BoolArray
     tier_names: tuple[str, ...]
     reasons: tuple[str, ...]
@@ -114,7 +114,8 @@ class LedgerRows:
         shift = np.where(src == EXPIRY, self.expiry_days, 0)
         # extras get a placeholder day (1) until their own values overwrite the row
         day = np.where(src == EXTRA, 1, self._take(self.day, pos) + shift).tolist()
-        reason = (self._take(self.tier, pos) * 2 + self._take(self.birthday, pos)).tolist()
+        reason = (self._take(self.tier, pos).astype(np.int64) * 2
+                  + self._take(self.birthday, pos)).tolist()
         expired, names, reasons = self._expired(), self.tier_names, self.reasons
         out: dict[str, list[Any]] = {
             "customer_id": self.customer_ids[self._take(self.cust, pos)].tolist(),
@@ -236,7 +237,7 @@ def _vector_fields(view: LedgerRows, entries: IntArray) -> Iterator[npt.NDArray[
     """The fields of vector earns and expiries, one at a time, in ``_entry_fields`` order."""
     pos = view.index[entries]
     earn = view.source[entries] == EARN
-    tier = view.tier[pos]
+    tier = view.tier[pos].astype(np.int64)  # stored narrow; tier * 2 must not wrap
     tiers = np.array([text_hash(t) for t in view.tier_names], dtype=np.uint64)
     reasons = np.array([text_hash(r) for r in view.reasons], dtype=np.uint64)
     deal, day = view.deal_id[pos], view.day[pos]
