@@ -200,16 +200,22 @@ class LedgerStage:
             partial(_stage_delta, self.files[0], self.path, view, self.kind, known),
             "comparing and writing the points ledger")]
 
-    def staged(self) -> list[_Staged]:
-        """Wait for the children; rewrite in halves when the delta found most changed."""
+    def each_staged(self) -> Iterator[tuple[str, _Staged]]:
+        """(attached schema, what it holds) of each stage once its child is done, in
+        order — so the first can be copied in while the second is still written.  When
+        the delta child found most entries changed, the halves written then instead."""
         if self._entries is None:
             raise RuntimeError("the ledger stage was never started")
-        staged = [child.result() for child in self._children]
-        if [s.mode for s in staged] != ["rewrite"]:
-            return staged
-        # the delta child wrote nothing: its file and the spare one take the halves
-        self._children = self._fork_halves(self._entries)
-        return [child.result() for child in self._children]
+        for schema, child in zip(self.schemas, list(self._children), strict=False):
+            staged = child.result()
+            if staged.mode != "rewrite":
+                yield schema, staged
+                continue
+            # the delta child wrote nothing: its file and the spare one take the halves
+            self._children = self._fork_halves(self._entries)
+            for half_schema, half in zip(self.schemas, self._children, strict=True):
+                yield half_schema, half.result()
+            return
 
     def close(self) -> None:
         """Stop any child still running, detach and delete the staging files; idempotent."""
@@ -266,38 +272,41 @@ def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, comp
         clear_kind(db, "customer_state", kind)
         insert_many(db.conn, state_insert(), state_rows(result.states, computed_at))
         t1 = time.perf_counter()
-        staged = stage.staged()
+        staged = _apply_ledger(db, kind, stage, len(result.ledger))
         t2 = time.perf_counter()
-        _apply_ledger(db, kind, stage.schemas[: len(staged)], staged, len(result.ledger))
-        t3 = time.perf_counter()
         append_snapshot(db, result, kind, as_of, computed_at)
-    log.debug("stored: states %.1f s, ledger ready %.1f s later (%s), ledger and digest "
-              "copied %.1f s, snapshot and commit %.1f s", t1 - t0, t2 - t1,
+    log.debug("stored: states %.1f s, ledger ready and copied in %.1f s more (%s), snapshot "
+              "and commit %.1f s", t1 - t0, t2 - t1,
               ", ".join(f"{s.mode}: {s.rows:,} rows, {s.stale:,} stale" for s in staged),
-              t3 - t2, time.perf_counter() - t3)
+              time.perf_counter() - t2)
 
 
-def _apply_ledger(db: Database, kind: str, names: list[str], staged: list[_Staged],
-                  expected: int) -> None:
-    _apply_rows(db, kind, names, staged, expected)
+def _apply_ledger(db: Database, kind: str, stage: LedgerStage, expected: int
+                  ) -> list[_Staged]:
+    """Copy each stage in as soon as it is complete; then the digest of them all."""
+    staged: list[_Staged] = []
+    schemas: list[str] = []
+    for schema, done in stage.each_staged():
+        if done.mode == "full" and not staged:
+            clear_kind(db, "points_ledger", kind)
+        staged.append(done)
+        schemas.append(schema)
+        _apply_rows(db, kind, schema, done, expected)
+    if all(s.mode == "full" for s in staged) and sum(s.rows for s in staged) != expected:
+        raise MirrorError(f"staged {sum(s.rows for s in staged):,} ledger rows of "
+                          f"{expected:,}; nothing was stored")
     # the digest describes exactly the rows just stored (or, without one, nothing)
     db.execute("delete from points_ledger_digest where customer_kind = ?", [kind])
-    for name in names:
+    for schema in schemas:
         db.execute(f"insert into main.points_ledger_digest select * from "
-                   f"{name}.points_ledger_digest")
+                   f"{schema}.points_ledger_digest")
+    return staged
 
 
-def _apply_rows(db: Database, kind: str, names: list[str], staged: list[_Staged],
-                expected: int) -> None:
-    if all(s.mode == "full" for s in staged):
-        if sum(s.rows for s in staged) != expected:
-            raise MirrorError(f"staged {sum(s.rows for s in staged):,} ledger rows of "
-                              f"{expected:,}; nothing was stored")
-        clear_kind(db, "points_ledger", kind)
-        for name in names:
-            db.execute(f"insert into main.points_ledger select * from {name}.points_ledger")
+def _apply_rows(db: Database, kind: str, name: str, staged: _Staged, expected: int) -> None:
+    if staged.mode == "full":
+        db.execute(f"insert into main.points_ledger select * from {name}.points_ledger")
         return
-    (name,) = names
     stale = db.execute(f"select customer_id, fingerprint from {name}.ledger_stale").fetchall()
     # by the primary key's customer_id prefix: a few rows of one customer each time
     db.conn.executemany("delete from main.points_ledger where customer_kind = ? and "

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from shop_rows import AS_OF, LATER, company, contact, deal, many_buyers, write
 
-from connector import rules_io, rules_stage, rules_store
+from connector import ledger_digest, rules_io, rules_stage, rules_store
 from connector.errors import MirrorError
 from connector.mirror import Mirror, SyncState
 from connector.parallel import can_fork
@@ -374,6 +374,37 @@ def test_the_store_never_waits_on_a_child_holding_its_stage_locked(
     monkeypatch.setattr(rules_stage, "ledger_rows", slow)
     monkeypatch.setattr(rules_stage, "_scratch", spilling)
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
+    serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
+    run_rules(serial, RulesConfig(), as_of=AS_OF)
+    assert stored(mirror) == stored(serial)
+
+
+@pytest.mark.skipif(not can_fork(), reason="fork is not available here")
+def test_the_first_half_is_copied_in_while_the_second_is_still_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
+    monkeypatch.setattr(ledger_digest, "PART_ROWS", 8)  # two non-empty halves here
+    mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
+    done = tmp_path / "second half written"
+    real_rows, real_apply = rules_stage.ledger_rows, rules_stage._apply_rows
+
+    def rows(*args: Any) -> Iterator[tuple[Any, ...]]:
+        yield from real_rows(*args)
+        if args[2] > 0:  # the second half's child, in its write transaction
+            time.sleep(1.0)
+            done.touch()
+
+    copied_before_done: list[bool] = []
+
+    def apply_rows(*args: Any) -> None:
+        copied_before_done.append(not done.exists())
+        real_apply(*args)
+
+    monkeypatch.setattr(rules_stage, "ledger_rows", rows)
+    monkeypatch.setattr(rules_stage, "_apply_rows", apply_rows)
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    assert copied_before_done == [True, False]
     monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
     serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
     run_rules(serial, RulesConfig(), as_of=AS_OF)
