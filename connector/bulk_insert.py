@@ -4,21 +4,20 @@
 at millions of ledger rows that overhead is a third of the insert.  A statement that
 inserts ``k`` rows (``VALUES (...), (...), ...``) pays it once per ``k`` rows: the
 6.5 M-row ledger of the benchmark went in about a third faster.  The rows, their order
-and the table's content are exactly those of the one-row form.
+and the table's content are exactly those of the one-row form.  Callers hand the rows
+over as columns, which is how the rules results are built anyway.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator
-from itertools import chain, islice
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["insert_many"]
+__all__ = ["insert_columns"]
 
 _ROWS_PER_STATEMENT = 64
-_CHUNK_ROWS = 8_192  # rows taken from the iterator at a time: bounded memory
 _VALUES = re.compile(r"^(?P<head>insert\b.*?\bvalues\s+)(?P<row>\(.*\))\s*$", re.I | re.S)
 
 
@@ -27,30 +26,37 @@ def _variable_limit() -> int:
     return 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 
-def insert_many(conn: sqlite3.Connection, one_row_sql: str,
-                rows: Iterable[tuple[Any, ...]]) -> int:
-    """Run ``one_row_sql`` (``INSERT ... (cols) VALUES (?, ...)``) for every row; count.
-
-    Rows are sent ``k`` per statement (k = 64, fewer when that would exceed SQLite's
-    parameter limit); a last partial group goes through the one-row statement.
-    """
+def _grouped(one_row_sql: str) -> tuple[str, int, int]:
+    """(the k-row statement, k, parameters per row) for a one-row INSERT ... VALUES."""
     match = _VALUES.match(one_row_sql)
     width = one_row_sql.count("?")
     if match is None or width == 0:
         raise ValueError(f"not a one-row INSERT ... VALUES (...): {one_row_sql!r}")
     per = max(1, min(_ROWS_PER_STATEMENT, _variable_limit() // width))
-    grouped = match["head"] + ", ".join([match["row"]] * per)
-    total = 0
-    for chunk in _chunks(rows):
-        full = len(chunk) - len(chunk) % per
-        groups = zip(*[iter(chunk[:full])] * per, strict=True)
-        conn.executemany(grouped, (tuple(chain.from_iterable(g)) for g in groups))
-        conn.executemany(one_row_sql, chunk[full:])
-        total += len(chunk)
-    return total
+    return match["head"] + ", ".join([match["row"]] * per), per, width
 
 
-def _chunks(rows: Iterable[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
-    it = iter(rows)
-    while chunk := list(islice(it, _CHUNK_ROWS)):
-        yield chunk
+def insert_columns(conn: sqlite3.Connection, one_row_sql: str,
+                   columns: Sequence[Sequence[Any]]) -> int:
+    """Run ``one_row_sql`` (``INSERT ... (cols) VALUES (?, ...)``) for the rows these
+    equal-length columns make, in order; return how many.
+
+    Rows go ``k`` per statement (k = 64, fewer when that would exceed SQLite's parameter
+    limit); a last partial group goes through the one-row statement.  No row tuples are
+    built: the columns are interleaved into one flat parameter list by slice assignment
+    (in C), and each statement binds a slice of it — ~1 s less per 3 M ledger rows than
+    zipping rows and flattening groups of them.
+    """
+    grouped, per, width = _grouped(one_row_sql)
+    if len(columns) != width:
+        raise ValueError(f"{len(columns)} columns for {width} parameters: {one_row_sql!r}")
+    count = len(columns[0]) if columns else 0
+    flat: list[Any] = [None] * (count * width)
+    for offset, column in enumerate(columns):
+        if len(column) != count:
+            raise ValueError("columns of different lengths")
+        flat[offset::width] = column
+    step, full = per * width, (count - count % per) * width
+    conn.executemany(grouped, (flat[lo:lo + step] for lo in range(0, full, step)))
+    conn.executemany(one_row_sql, (flat[lo:lo + width] for lo in range(full, len(flat), width)))
+    return count

@@ -23,12 +23,12 @@ __all__ = [
     "KINDS",
     "append_snapshot",
     "clear_kind",
+    "ledger_column_list",
+    "ledger_columns",
     "ledger_fingerprints",
     "ledger_insert",
-    "ledger_rows",
-    "ledger_tuples",
+    "state_columns",
     "state_insert",
-    "state_rows",
 ]
 
 KINDS = ("contact", "company")
@@ -72,9 +72,9 @@ _iso_days = _memo(_iso_text)
 _json_tuples = _memo(_json_text)
 
 
-def state_rows(states: Sequence[CustomerState], computed_at: str, lo: int = 0,
-               hi: int | None = None) -> Iterator[tuple[Any, ...]]:
-    """``customer_state`` rows of states lo:hi, built a chunk of columns at a time."""
+def state_columns(states: Sequence[CustomerState], computed_at: str, lo: int = 0,
+                  hi: int | None = None) -> Iterator[list[list[Any]]]:
+    """``customer_state`` columns of states lo:hi, in table order, a chunk at a time."""
     stop = len(states) if hi is None else hi
     for start in range(lo, stop, _BATCH):
         cols = _columns(states, start, min(start + _BATCH, stop))
@@ -84,19 +84,19 @@ def state_rows(states: Sequence[CustomerState], computed_at: str, lo: int = 0,
             cols[name] = _json_tuples(cols[name])
         cols["churn_reasons"] = [_json_text(r) for r in cols["churn_reasons"]]
         cols["computed_at"] = [computed_at] * len(cols["customer_id"])
-        yield from zip(*(cols[name] for name in (*_STATE_FIELDS, "computed_at")), strict=True)
+        yield [cols[name] for name in (*_STATE_FIELDS, "computed_at")]
 
 
 def state_insert() -> str:
-    """The INSERT for ``state_rows``."""
+    """The INSERT for ``state_columns``."""
     return f"insert into customer_state values ({', '.join('?' * (len(_STATE_FIELDS) + 1))})"
 
 
-def ledger_tuples(cols: Mapping[str, list[Any]], fingerprints: Sequence[int]
-                  ) -> Iterator[tuple[Any, ...]]:
-    """Ledger columns (``RowSequence.columns``) as ``points_ledger`` rows, kind left out."""
+def ledger_column_list(cols: Mapping[str, list[Any]], fingerprints: list[int]
+                       ) -> list[list[Any]]:
+    """Ledger columns (``RowSequence.columns``) as ``points_ledger`` columns, kind left out."""
     values = {**cols, "at": _iso_days(cols["at"]), "fingerprint": fingerprints}
-    return zip(*(values[name] for name in _LEDGER_FIELDS), strict=True)
+    return [values[name] for name in _LEDGER_FIELDS]
 
 
 def ledger_fingerprints(entries: Sequence[LedgerEntry], view: LedgerRows | None, lo: int,
@@ -108,10 +108,10 @@ def ledger_fingerprints(entries: Sequence[LedgerEntry], view: LedgerRows | None,
     return [entry_fingerprint(e) for e in entries[lo:hi]]
 
 
-def ledger_rows(entries: Sequence[LedgerEntry], view: LedgerRows | None, lo: int = 0,
-                hi: int | None = None, prints: npt.NDArray[np.int64] | None = None
-                ) -> Iterator[tuple[Any, ...]]:
-    """``points_ledger`` rows of entries lo:hi (kind left out), a chunk at a time.
+def ledger_columns(entries: Sequence[LedgerEntry], view: LedgerRows | None, lo: int = 0,
+                   hi: int | None = None, prints: npt.NDArray[np.int64] | None = None
+                   ) -> Iterator[list[list[Any]]]:
+    """``points_ledger`` columns of entries lo:hi (kind left out), a chunk at a time.
 
     ``view`` is the columnar form the engine built ``entries`` from (None for plain
     entries); ``prints`` are the fingerprints of entries lo:hi when the caller has them.
@@ -121,11 +121,11 @@ def ledger_rows(entries: Sequence[LedgerEntry], view: LedgerRows | None, lo: int
         end = min(start + _BATCH, stop)
         known = (prints[start - lo:end - lo].tolist() if prints is not None
                  else ledger_fingerprints(entries, view, start, end))
-        yield from ledger_tuples(_columns(entries, start, end), known)
+        yield ledger_column_list(_columns(entries, start, end), known)
 
 
 def ledger_insert(kind: str) -> str:
-    """The INSERT for ``ledger_rows``, with the customer kind as a literal."""
+    """The INSERT for ``ledger_columns``, with the customer kind as a literal."""
     # The kind is one of two literals: binding it on each of millions of rows costs time.
     if kind not in KINDS:
         raise ValueError(f"customer kind must be one of {KINDS}, not {kind!r}")

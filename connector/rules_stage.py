@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlite_utils import Database
 
-from connector.bulk_insert import insert_many
+from connector.bulk_insert import insert_columns
 from connector.errors import MirrorError
 from connector.ledger_delta import ledger_delta
 from connector.ledger_digest import DIGEST_INSERT, digest_parts, part_boundary
@@ -47,11 +47,11 @@ from connector.parallel import Forked, start_forked
 from connector.rules_rows import (
     append_snapshot,
     clear_kind,
+    ledger_column_list,
+    ledger_columns,
     ledger_insert,
-    ledger_rows,
-    ledger_tuples,
+    state_columns,
     state_insert,
-    state_rows,
 )
 from connector.stored_ledger import StoredLedger
 from rules.ledger_rows import LedgerRows, fingerprints
@@ -124,7 +124,8 @@ def _stage_range(stage: Path, entries: _Entries, kind: str, lo: int, hi: int) ->
     # one fingerprint per entry, for its row and for the digest
     prints = None if view is None else fingerprints(view, np.arange(lo, hi, dtype=np.int64))
     with _scratch(stage) as conn:
-        insert_many(conn, ledger_insert(kind), ledger_rows(entries.ledger, view, lo, hi, prints))
+        for columns in ledger_columns(entries.ledger, view, lo, hi, prints):
+            insert_columns(conn, ledger_insert(kind), columns)
         if view is not None:
             _stage_digest(conn, view, kind, lo, hi, prints)
     return _Staged("full", hi - lo)
@@ -150,7 +151,7 @@ def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
     with _scratch(stage) as conn:
         for lo in range(0, len(delta.upsert), _CHUNK):
             chunk = delta.upsert[lo:lo + _CHUNK]
-            insert_many(conn, ledger_insert(kind), ledger_tuples(
+            insert_columns(conn, ledger_insert(kind), ledger_column_list(
                 view.columns_at(chunk), delta.fingerprints[chunk].tolist()))
         conn.executemany("insert into ledger_stale values (?, ?)", delta.stale)
         _stage_digest(conn, view, kind, 0, len(view), delta.fingerprints)
@@ -270,7 +271,8 @@ def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, comp
     t0 = time.perf_counter()
     with db.atomic():
         clear_kind(db, "customer_state", kind)
-        insert_many(db.conn, state_insert(), state_rows(result.states, computed_at))
+        for columns in state_columns(result.states, computed_at):
+            insert_columns(db.conn, state_insert(), columns)
         t1 = time.perf_counter()
         staged = _apply_ledger(db, kind, stage, len(result.ledger))
         t2 = time.perf_counter()

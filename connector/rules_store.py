@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from connector.bulk_insert import insert_many
+from connector.bulk_insert import insert_columns
 from connector.ledger_digest import DIGEST_INSERT, digest_parts
 from connector.mirror import Mirror
 from connector.parallel import can_fork
@@ -23,10 +23,10 @@ from connector.rules_rows import (
     KINDS,
     append_snapshot,
     clear_kind,
+    ledger_columns,
     ledger_insert,
-    ledger_rows,
+    state_columns,
     state_insert,
-    state_rows,
 )
 from connector.rules_stage import store_staged
 from connector.stored_ledger import StoredLedger
@@ -61,9 +61,11 @@ def store_result(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime
     db = mirror.db
     with db.atomic():
         clear_kind(db, "customer_state", kind)
-        insert_many(db.conn, state_insert(), state_rows(result.states, computed_at))
+        for columns in state_columns(result.states, computed_at):
+            insert_columns(db.conn, state_insert(), columns)
         clear_kind(db, "points_ledger", kind)
-        insert_many(db.conn, ledger_insert(kind), ledger_rows(result.ledger, result.ledger_view))
+        for columns in ledger_columns(result.ledger, result.ledger_view):
+            insert_columns(db.conn, ledger_insert(kind), columns)
         db.execute("delete from points_ledger_digest where customer_kind = ?", [kind])
         if result.ledger_view is not None:
             db.conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob

@@ -1,4 +1,5 @@
-"""connector.bulk_insert: the grouped INSERT stores exactly what one-row INSERTs store."""
+"""connector.bulk_insert: the grouped INSERT of columns stores exactly what one-row INSERTs
+store."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sqlite3
 import pytest
 
 from connector import bulk_insert
-from connector.bulk_insert import insert_many
+from connector.bulk_insert import insert_columns
 
 SQL = "insert into t (a, b, c) values (?, ?, 'k')"
 
@@ -22,7 +23,7 @@ def table() -> sqlite3.Connection:
 def test_every_row_in_order_whatever_the_count(n: int) -> None:
     rows = [(i, f"row {i}" if i % 3 else None) for i in range(n)]
     conn = table()
-    assert insert_many(conn, SQL, iter(rows)) == n
+    assert insert_columns(conn, SQL, [[a for a, _ in rows], [b for _, b in rows]]) == n
     assert conn.execute("select a, b, c from t order by rowid").fetchall() == \
         [(a, b, "k") for a, b in rows]
 
@@ -32,7 +33,7 @@ def test_the_parameter_limit_shrinks_the_groups(monkeypatch: pytest.MonkeyPatch)
     seen: list[str] = []
     conn = table()
     conn.set_trace_callback(seen.append)
-    insert_many(conn, SQL, [(1, "x"), (2, "y"), (3, "z")])
+    insert_columns(conn, SQL, [[1, 2, 3], ["x", "y", "z"]])
     assert conn.execute("select count(*) from t").fetchone() == (3,)
     assert any(s.count("'k'") == 2 for s in seen) and not any(s.count("'k'") > 2 for s in seen)
 
@@ -41,9 +42,16 @@ def test_a_constraint_error_still_surfaces() -> None:
     conn = sqlite3.connect(":memory:")
     conn.execute("create table t (a integer primary key, b text, c text)")
     with pytest.raises(sqlite3.IntegrityError):
-        insert_many(conn, SQL, [(1, "x"), (1, "again")])
+        insert_columns(conn, SQL, [[1, 1], ["x", "again"]])
 
 
 def test_only_one_row_inserts_are_accepted() -> None:
     with pytest.raises(ValueError, match="one-row INSERT"):
-        insert_many(table(), "update t set a = ?", [(1,)])
+        insert_columns(table(), "update t set a = ?", [[1]])
+
+
+def test_columns_must_match_the_statement_and_each_other() -> None:
+    with pytest.raises(ValueError, match="1 columns for 2 parameters"):
+        insert_columns(table(), SQL, [[1]])
+    with pytest.raises(ValueError, match="different lengths"):
+        insert_columns(table(), SQL, [[1, 2], ["x"]])

@@ -210,13 +210,13 @@ def test_a_failure_while_storing_keeps_the_previous_results(monkeypatch: Any) ->
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
     before = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
 
-    real = rules_store.ledger_rows
+    real = rules_store.ledger_columns
 
-    def boom(*args: Any) -> Iterator[tuple[Any, ...]]:
+    def boom(*args: Any) -> Iterator[list[list[Any]]]:
         yield next(real(*args))  # some rows are already written when it fails
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(rules_store, "ledger_rows", boom)
+    monkeypatch.setattr(rules_store, "ledger_columns", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         run_rules(mirror, RulesConfig(), as_of=LATER)
     after = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
@@ -333,13 +333,15 @@ def test_a_failing_ledger_child_keeps_the_previous_results(
         mirror.mark_deleted("deals", [1005], "2025-03-02T09:00:00+03:00", SyncState("deals"))
     before = stored(mirror)
 
-    def boom(*args: Any) -> Iterator[tuple[Any, ...]]:
+    def boom(*args: Any) -> list[list[Any]]:
         raise RuntimeError("disk full")
-        yield ()
+
+    def boom_chunks(*args: Any) -> Iterator[list[list[Any]]]:
+        yield boom()
 
     # the forked children inherit the patched module
-    monkeypatch.setattr(rules_stage, "ledger_rows", boom)
-    monkeypatch.setattr(rules_stage, "ledger_tuples", boom)
+    monkeypatch.setattr(rules_stage, "ledger_columns", boom_chunks)
+    monkeypatch.setattr(rules_stage, "ledger_column_list", boom)
     with pytest.raises(MirrorError, match=r"points ledger failed: .*disk full"):
         run_rules(mirror, RulesConfig(), as_of=LATER)
     assert stored(mirror) == before
@@ -354,7 +356,7 @@ def test_the_store_never_waits_on_a_child_holding_its_stage_locked(
     # Attaching a stage reads its schema, which fails while a child writes it: with no
     # busy timeout at all, any attach after the children started would raise.
     mirror.db.execute("pragma busy_timeout = 0")
-    real, scratch = rules_stage.ledger_rows, rules_stage._scratch
+    real, scratch = rules_stage.ledger_columns, rules_stage._scratch
 
     @contextmanager
     def spilling(stage: Path) -> Iterator[sqlite3.Connection]:
@@ -365,13 +367,11 @@ def test_the_store_never_waits_on_a_child_holding_its_stage_locked(
             conn.execute("insert into spill values (zeroblob(4000000))")
             yield conn
 
-    def slow(*args: Any) -> Iterator[tuple[Any, ...]]:
-        for i, row in enumerate(real(*args)):
-            if i == 1:
-                time.sleep(0.5)  # in the child, inside its write transaction
-            yield row
+    def slow(*args: Any) -> Iterator[list[list[Any]]]:
+        time.sleep(0.5)  # in the child, inside its write transaction
+        yield from real(*args)
 
-    monkeypatch.setattr(rules_stage, "ledger_rows", slow)
+    monkeypatch.setattr(rules_stage, "ledger_columns", slow)
     monkeypatch.setattr(rules_stage, "_scratch", spilling)
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
     monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
@@ -387,9 +387,9 @@ def test_the_first_half_is_copied_in_while_the_second_is_still_written(
     monkeypatch.setattr(ledger_digest, "PART_ROWS", 8)  # two non-empty halves here
     mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
     done = tmp_path / "second half written"
-    real_rows, real_apply = rules_stage.ledger_rows, rules_stage._apply_rows
+    real_rows, real_apply = rules_stage.ledger_columns, rules_stage._apply_rows
 
-    def rows(*args: Any) -> Iterator[tuple[Any, ...]]:
+    def rows(*args: Any) -> Iterator[list[list[Any]]]:
         yield from real_rows(*args)
         if args[2] > 0:  # the second half's child, in its write transaction
             time.sleep(1.0)
@@ -401,7 +401,7 @@ def test_the_first_half_is_copied_in_while_the_second_is_still_written(
         copied_before_done.append(not done.exists())
         real_apply(*args)
 
-    monkeypatch.setattr(rules_stage, "ledger_rows", rows)
+    monkeypatch.setattr(rules_stage, "ledger_columns", rows)
     monkeypatch.setattr(rules_stage, "_apply_rows", apply_rows)
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
     assert copied_before_done == [True, False]
