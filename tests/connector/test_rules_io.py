@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -323,26 +324,38 @@ def test_forked_reading_and_the_staged_store_equal_the_serial_path(
 
 
 @pytest.mark.skipif(not can_fork(), reason="fork is not available here")
-@pytest.mark.parametrize("previous", [False, True])
-def test_a_failing_ledger_child_keeps_the_previous_results(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, previous: bool) -> None:
+@pytest.mark.parametrize(("previous", "where"),
+                         [(False, "child"), (True, "child"), (False, "parent")])
+def test_a_failing_ledger_writer_keeps_the_previous_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, previous: bool, where: str) -> None:
     monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
+    monkeypatch.setattr(ledger_digest, "PART_ROWS", 8)  # the parent has a share to write
     mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
     if previous:
         run_rules(mirror, RulesConfig(), as_of=AS_OF)
         mirror.mark_deleted("deals", [1005], "2025-03-02T09:00:00+03:00", SyncState("deals"))
     before = stored(mirror)
+    parent = os.getpid()
+    real_chunks, real_list = rules_stage.ledger_columns, rules_stage.ledger_column_list
+
+    def failing_here() -> bool:
+        return (os.getpid() == parent) == (where == "parent")
 
     def boom(*args: Any) -> list[list[Any]]:
-        raise RuntimeError("disk full")
+        if failing_here():
+            raise RuntimeError("disk full")
+        return real_list(*args)
 
     def boom_chunks(*args: Any) -> Iterator[list[list[Any]]]:
-        yield boom()
+        if failing_here():
+            raise RuntimeError("disk full")
+        yield from real_chunks(*args)
 
     # the forked children inherit the patched module
     monkeypatch.setattr(rules_stage, "ledger_columns", boom_chunks)
     monkeypatch.setattr(rules_stage, "ledger_column_list", boom)
-    with pytest.raises(MirrorError, match=r"points ledger failed: .*disk full"):
+    expected = r"points ledger failed: .*disk full" if where == "child" else "disk full"
+    with pytest.raises((MirrorError, RuntimeError), match=expected):
         run_rules(mirror, RulesConfig(), as_of=LATER)
     assert stored(mirror) == before
     assert not list(tmp_path.glob("*stage*"))
@@ -381,30 +394,31 @@ def test_the_store_never_waits_on_a_child_holding_its_stage_locked(
 
 
 @pytest.mark.skipif(not can_fork(), reason="fork is not available here")
-def test_the_first_half_is_copied_in_while_the_second_is_still_written(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_parent_writes_its_share_of_the_ledger_while_the_child_writes_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
     monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
-    monkeypatch.setattr(ledger_digest, "PART_ROWS", 8)  # two non-empty halves here
+    monkeypatch.setattr(ledger_digest, "PART_ROWS", 8)  # a non-empty share for each
+    caplog.set_level(logging.DEBUG, logger="crm_retention.rules")
     mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
-    done = tmp_path / "second half written"
-    real_rows, real_apply = rules_stage.ledger_columns, rules_stage._apply_rows
+    done = tmp_path / "child's share written"
+    parent = os.getpid()
+    real_rows = rules_stage.ledger_columns
+    written_before_done: list[bool] = []
 
     def rows(*args: Any) -> Iterator[list[list[Any]]]:
+        if os.getpid() == parent:
+            written_before_done.append(not done.exists())
         yield from real_rows(*args)
-        if args[2] > 0:  # the second half's child, in its write transaction
+        if os.getpid() != parent:  # the child, in its write transaction
             time.sleep(1.0)
             done.touch()
 
-    copied_before_done: list[bool] = []
-
-    def apply_rows(*args: Any) -> None:
-        copied_before_done.append(not done.exists())
-        real_apply(*args)
-
     monkeypatch.setattr(rules_stage, "ledger_columns", rows)
-    monkeypatch.setattr(rules_stage, "_apply_rows", apply_rows)
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
-    assert copied_before_done == [True, False]
+    assert written_before_done == [True]
+    message = next(r.getMessage() for r in caplog.records if "ledger ready" in r.getMessage())
+    assert "direct: " in message and "full: " in message, message
     monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
     serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
     run_rules(serial, RulesConfig(), as_of=AS_OF)
