@@ -15,7 +15,8 @@ parent, in the one transaction, writes the states straight into the mirror:
 Then the parent copies the staged rows in (delete stale rows, upsert the rest) and
 appends the snapshot.  ``INSERT … SELECT`` from an attached stage copies records
 without decoding them.  Two processes, not more: on two cores a third only added
-contention (the first run's store went from 30–36 s with two ledger children to 27 s).
+contention (the first run's store: 33.7–36.2 s with two ledger children, 26.9–30.0 s
+with one, at similar host speed).
 
 The child forks only once the computation is over: forked mid-compute, it would keep
 alive every page the parent frees afterwards (the stored ledger's entries above all),
