@@ -155,7 +155,7 @@ def m003_custom_fields_and_clustered_results(db: Database) -> None:
         db.execute(f"alter table {table}_clustered rename to {table}")
 
 
-# Everything the rules read from deals and contacts (connector/rules_io.py): a full scan
+# Everything the rules read from deals and contacts (connector/rules_read.py): a full scan
 # of one of these narrow indexes reads a fraction of the pages of its table, whose rows
 # are mostly ``raw`` JSON.  tests/connector/test_rules_io.py checks the scans use them.
 RULES_SCAN_INDEXES = {

@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 from connector.errors import ConfigError
 from connector.mirror import Mirror
 from connector.report import report_data
-from connector.rules_io import load_deal_columns, load_record_columns, run_rules
+from connector.rules_io import run_rules
+from connector.rules_read import load_deal_columns, load_record_columns
 from rules.config import RulesConfig
 from rules.engine import compute_columns
 from rules.models import RulesResult

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from shop_rows import AS_OF, LATER, company, contact, deal, many_buyers, write
 
-from connector import ledger_digest, rules_io, rules_stage, rules_store
+from connector import ledger_digest, rules_io, rules_read, rules_stage, rules_store
 from connector.errors import MirrorError
 from connector.mirror import Mirror, SyncState
 from connector.parallel import can_fork
@@ -429,13 +429,13 @@ def test_the_parent_writes_its_share_of_the_ledger_while_the_child_writes_the_re
 def test_the_rules_scans_read_the_narrow_covering_indexes(kind: str) -> None:
     mirror = rich_shop()
     config = RICH.model_copy(update={"customer": CustomerConfig(kind=kind)})
-    custom, _ = rules_io._custom_sql(wanted_fields(config)[0])
-    deal_sql, params = rules_io._deal_sql(config)
-    for sql, args in ((deal_sql, params), (rules_io._deal_values_sql(custom, False), [])):
+    custom, _ = rules_read._custom_sql(wanted_fields(config)[0])
+    deal_sql, params = rules_read._deal_sql(config)
+    for sql, args in ((deal_sql, params), (rules_read._deal_values_sql(custom, False), [])):
         plan = " ".join(row[3] for row in mirror.db.execute(f"explain query plan {sql}",
                                                             args).fetchall())
         assert "USING COVERING INDEX deals_rules_scan" in plan, sql
-    contacts_sql = rules_io._record_sql("contacts", "RU")
+    contacts_sql = rules_read._record_sql("contacts", "RU")
     plan = " ".join(row[3] for row in mirror.db.execute(
         f"explain query plan {contacts_sql}").fetchall())
     assert "USING COVERING INDEX contacts_rules_scan" in plan
