@@ -322,11 +322,16 @@ def _apply_ledger(db: Database, kind: str, stage: LedgerStage, expected: int
         clear_kind(db, "points_ledger", kind)
         _write_range(db.conn, stage.entries, kind, *share)  # beside the child, no copy
         staged.append(_Staged("direct", share[1] - share[0]))
+    waiting = time.perf_counter()
     for schema, done in stage.each_staged():
+        copying = time.perf_counter()
         staged.append(done)
         _apply_rows(db, kind, schema, done, expected)
         db.execute(f"insert into main.points_ledger_digest select * from "
                    f"{schema}.points_ledger_digest")
+        # which of parent and child is the long pole: what PARENT_LEDGER_SHARE balances
+        log.debug("ledger: waited %.1f s for the child, copied its %s stage in %.1f s",
+                  copying - waiting, done.mode, time.perf_counter() - copying)
     if share is not None and sum(s.rows for s in staged) != expected:
         raise MirrorError(f"staged {sum(s.rows for s in staged):,} ledger rows of "
                           f"{expected:,}; nothing was stored")
