@@ -51,9 +51,10 @@ class Forked(Generic[T]):
         self._process.start()
         sender.close()  # only the child writes: EOF tells us it died without answering
         self._payload = b""
-        self._reader = threading.Thread(target=self._read_answer, daemon=True,
-                                        name=f"answer of {what}")
+        self._reader: threading.Thread | None = None
         if read_early:
+            self._reader = threading.Thread(target=self._read_answer, daemon=True,
+                                            name=f"answer of {what}")
             self._reader.start()
 
     def result(self) -> T:
@@ -71,7 +72,7 @@ class Forked(Generic[T]):
         if process is not None and process.exitcode is None:
             process.terminate()
             process.join()
-        if process is not None and self._reader.is_alive():
+        if self._reader is not None:
             self._reader.join()  # the terminated child's pipe gives EOF
         elif process is not None and not self._receiver.closed:
             self._receiver.close()
@@ -88,7 +89,7 @@ class Forked(Generic[T]):
 
     def _receive(self) -> tuple[bool, T | BaseException]:
         assert self._process is not None
-        if self._reader.ident is None:  # not read early: read it now
+        if self._reader is None:  # not read early: read it now
             self._read_answer()
         else:
             self._reader.join()

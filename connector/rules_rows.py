@@ -7,6 +7,7 @@ million states or millions of ledger entries never exist as objects all at once.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, fields
 from datetime import date, datetime
@@ -16,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 from sqlite_utils import Database
 
+from connector.bulk_insert import insert_columns
+from connector.ledger_digest import DIGEST_INSERT, digest_parts
 from rules.ledger_rows import LedgerRows, entry_fingerprint, fingerprints
 from rules.models import CustomerState, LedgerEntry, Metrics, RowSequence, RulesResult
 
@@ -29,6 +32,7 @@ __all__ = [
     "ledger_insert",
     "state_columns",
     "state_insert",
+    "write_ledger",
 ]
 
 KINDS = ("contact", "company")
@@ -122,6 +126,20 @@ def ledger_columns(entries: Sequence[LedgerEntry], view: LedgerRows | None, lo: 
         known = (prints[start - lo:end - lo].tolist() if prints is not None
                  else ledger_fingerprints(entries, view, start, end))
         yield ledger_column_list(_columns(entries, start, end), known)
+
+
+def write_ledger(conn: sqlite3.Connection, entries: Sequence[LedgerEntry],
+                 view: LedgerRows | None, kind: str, lo: int = 0, hi: int | None = None
+                 ) -> None:
+    """Ledger entries lo:hi as ``points_ledger`` rows, and (with a view) their digest
+    parts, into ``conn``'s main database; each fingerprint is computed once, for both."""
+    stop = len(entries) if hi is None else hi
+    prints = None if view is None else fingerprints(view, np.arange(lo, stop, dtype=np.int64))
+    for columns in ledger_columns(entries, view, lo, stop, prints):
+        insert_columns(conn, ledger_insert(kind), columns)
+    if view is not None:
+        conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
+                                         in digest_parts(view, lo, stop, prints)))
 
 
 def ledger_insert(kind: str) -> str:

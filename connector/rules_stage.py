@@ -51,16 +51,16 @@ from connector.rules_rows import (
     append_snapshot,
     clear_kind,
     ledger_column_list,
-    ledger_columns,
     ledger_insert,
     state_columns,
     state_insert,
+    write_ledger,
 )
 from connector.stored_ledger import StoredLedger
-from rules.ledger_rows import LedgerRows, fingerprints
+from rules.ledger_rows import LedgerRows
 from rules.models import LedgerEntry, RulesResult
 
-__all__ = ["DELTA_MAX_SHARE", "PARENT_LEDGER_SHARE", "LedgerStage", "store_staged"]
+__all__ = ["DELTA_MAX_SHARE", "PARENT_LEDGER_SHARE", "store_staged"]
 
 log = logging.getLogger("crm_retention.rules")
 IntArray = npt.NDArray[np.int64]
@@ -127,35 +127,17 @@ class _Entries:
     view: LedgerRows | None
 
 
-def _write_range(conn: sqlite3.Connection, entries: _Entries, kind: str, lo: int, hi: int
-                 ) -> None:
-    """Ledger entries lo:hi, and their digest parts, into ``conn``'s main database."""
-    view = entries.view
-    # one fingerprint per entry, for its row and for the digest
-    prints = None if view is None else fingerprints(view, np.arange(lo, hi, dtype=np.int64))
-    for columns in ledger_columns(entries.ledger, view, lo, hi, prints):
-        insert_columns(conn, ledger_insert(kind), columns)
-    if view is not None:
-        _stage_digest(conn, view, kind, lo, hi, prints)
-
-
 def _stage_range(stage: Path, entries: _Entries, kind: str, lo: int, hi: int) -> _Staged:
     """In a child: ledger entries lo:hi, and their digest parts, into ``stage``."""
     with _scratch(stage) as conn:
-        _write_range(conn, entries, kind, lo, hi)
+        write_ledger(conn, entries.ledger, entries.view, kind, lo, hi)
     return _Staged("full", hi - lo)
-
-
-def _stage_digest(conn: sqlite3.Connection, view: LedgerRows, kind: str, lo: int, hi: int,
-                  prints: IntArray | None = None) -> None:
-    conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
-                                     in digest_parts(view, lo, hi, prints)))
 
 
 def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
                  stored: tuple[IntArray, IntArray] | None) -> _Staged:
     """In a child: compare with the stored ledger and stage the changes — or, when most
-    entries changed, stage nothing and say so (two children then rewrite it faster)."""
+    entries changed, stage nothing and say so (the ledger is then rewritten in full)."""
     reader = Database(sqlite3.connect(f"file:{mirror_path}?mode=ro", uri=True))
     try:
         delta = ledger_delta(view, reader, kind, stored)
@@ -169,29 +151,31 @@ def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
             insert_columns(conn, ledger_insert(kind), ledger_column_list(
                 view.columns_at(chunk), delta.fingerprints[chunk].tolist()))
         conn.executemany("insert into ledger_stale values (?, ?)", delta.stale)
-        _stage_digest(conn, view, kind, 0, len(view), delta.fingerprints)
+        conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
+                                         in digest_parts(view, 0, len(view), delta.fingerprints)))
     return _Staged("delta", len(delta.upsert), len(delta.stale))
 
 
-class LedgerStage:
+class _LedgerStage:
     """The points ledger's staging: its child, its file, and the parent's own share.
 
     ``start`` forks the child, which works while the parent writes the states;
     ``parent_share`` says which entries the parent then writes itself (waiting, on a
-    stored ledger, for the delta child's verdict); ``each_staged`` waits for the child;
+    stored ledger, for the delta child's verdict); ``staged`` waits for the child;
     ``close`` stops it and removes the file.
     """
+
+    SCHEMA = "ledger_stage"  # the file, once attached
 
     def __init__(self, mirror: Mirror, path: Path, kind: str,
                  stored: StoredLedger | None) -> None:
         self.mirror, self.path, self.kind, self.stored = mirror, path, kind, stored
-        self.files = [path.with_name(f"{path.name}-ledger-stage")]
-        self.schemas = ["ledger_stage"]  # the file, once attached
+        self.file = path.with_name(f"{path.name}-ledger-stage")
         self._entries: _Entries | None = None
-        self._children: list[Forked[_Staged]] = []
-        self._delta = False  # one child staging only what changed
+        self._child: Forked[_Staged] | None = None
+        self._delta = False  # the child stages only what changed
         self._verdict: _Staged | None = None  # the delta child's, once read
-        self._attached: list[str] = []
+        self._attached = False
 
     @property
     def entries(self) -> _Entries:
@@ -211,52 +195,52 @@ class LedgerStage:
         if self._entries is not None:
             raise RuntimeError("the ledger stage was started already")
         self._entries = entries = _Entries(ledger, view)
-        ddl = _ledger_ddl(self.mirror.db)
         self._delta = view is not None and self._holds_rows()
-        _create(self.files[0], *ddl, *([_STALE_SQL] if self._delta else []))
-        self._attach()
+        _create(self.file, *_ledger_ddl(self.mirror.db), *([_STALE_SQL] if self._delta else []))
+        self.mirror.db.execute(f"attach database ? as {self.SCHEMA}", [str(self.file)])
+        self._attached = True
         if view is None or not self._delta:
-            self._children = [self._fork_rest(entries)]
+            self._child = self._fork_rest(entries)
             return
         stored = self.stored
         known = (stored.customers, stored.fingerprints) if stored is not None else None
-        self._children = [start_forked(
-            partial(_stage_delta, self.files[0], self.path, view, self.kind, known),
-            "comparing and writing the points ledger")]
+        self._child = start_forked(
+            partial(_stage_delta, self.file, self.path, view, self.kind, known),
+            "comparing and writing the points ledger")
 
     def parent_share(self) -> tuple[int, int] | None:
         """The entries (lo, hi) the parent writes itself, when the ledger is rewritten in
         full; None when the child stages only what changed."""
         if self._delta and self._verdict is None:
-            self._verdict = self._children[0].result()
+            self._verdict = self._wait()
             if self._verdict.mode == "rewrite":  # it staged nothing: rewrite in full
                 self._delta = False
-                self._children = [self._fork_rest(self.entries)]
+                self._child = self._fork_rest(self.entries)
         return None if self._delta else (0, self._split())
 
-    def each_staged(self) -> Iterator[tuple[str, _Staged]]:
-        """(attached schema, what it holds) once the child is done; after
-        ``parent_share``, which reads the delta child's verdict."""
-        if self._delta:
-            if self._verdict is None:
-                raise RuntimeError("parent_share comes first: it reads the verdict")
-            yield self.schemas[0], self._verdict
-            return
-        for schema, child in zip(self.schemas, self._children, strict=True):
-            yield schema, child.result()
+    def staged(self) -> _Staged:
+        """What the stage holds, once the child is done (after ``parent_share``, which
+        reads the delta child's verdict)."""
+        if not self._delta:
+            return self._wait()
+        if self._verdict is None:
+            raise RuntimeError("parent_share comes first: it reads the verdict")
+        return self._verdict
 
     def close(self) -> None:
-        """Stop any child still running, detach and delete the staging file; idempotent."""
-        for child in self._children:
-            child.cancel()
-        while self._attached:
-            self.mirror.db.execute(f"detach database {self._attached.pop()}")
-        _remove(self.files)
+        """Stop the child if it still runs, detach and delete the staging file;
+        idempotent."""
+        if self._child is not None:
+            self._child.cancel()
+        if self._attached:
+            self.mirror.db.execute(f"detach database {self.SCHEMA}")
+            self._attached = False
+        _remove(self.file)
 
-    def _attach(self) -> None:
-        for name, file in zip(self.schemas, self.files, strict=True):
-            self.mirror.db.execute("attach database ? as " + name, [str(file)])
-            self._attached.append(name)
+    def _wait(self) -> _Staged:
+        if self._child is None:
+            raise RuntimeError("the ledger stage was never started")
+        return self._child.result()
 
     def _holds_rows(self) -> bool:
         if self.stored is not None:
@@ -269,21 +253,20 @@ class LedgerStage:
         return min(part_boundary(int(count * PARENT_LEDGER_SHARE)), count)  # whole parts
 
     def _fork_rest(self, entries: _Entries) -> Forked[_Staged]:
-        return start_forked(partial(_stage_range, self.files[0], entries, self.kind,
+        return start_forked(partial(_stage_range, self.file, entries, self.kind,
                                     self._split(), len(entries.ledger)),
                             "writing the points ledger")
 
 
-def _remove(stages: list[Path]) -> None:
-    for stage in stages:
-        for file in (stage, Path(f"{stage}-journal")):
-            file.unlink(missing_ok=True)
+def _remove(stage: Path) -> None:
+    for file in (stage, Path(f"{stage}-journal")):
+        file.unlink(missing_ok=True)
 
 
 def store_staged(mirror: Mirror, path: Path, result: RulesResult, kind: str, as_of: datetime,
                  computed_at: str, stored: StoredLedger | None = None) -> None:
-    """Write the states while children stage the ledger, then copy it in: one transaction."""
-    stage = LedgerStage(mirror, path, kind, stored)
+    """Write the states while a child stages the ledger, then copy it in: one transaction."""
+    stage = _LedgerStage(mirror, path, kind, stored)
     try:
         stage.start(result.ledger, result.ledger_view)
         _apply(mirror, result, kind, as_of, computed_at, stage)
@@ -292,9 +275,9 @@ def store_staged(mirror: Mirror, path: Path, result: RulesResult, kind: str, as_
 
 
 def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, computed_at: str,
-           stage: LedgerStage) -> None:
-    """The one transaction: states written here, beside the ledger children; then their
-    stages copied in.  The write lock is held from the first state row to the commit."""
+           stage: _LedgerStage) -> None:
+    """The one transaction: states written here, beside the ledger child; then the
+    ledger.  The write lock is held from the first state row to the commit."""
     db = mirror.db
     t0 = time.perf_counter()
     with db.atomic():
@@ -311,7 +294,7 @@ def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, comp
               time.perf_counter() - t2)
 
 
-def _apply_ledger(db: Database, kind: str, stage: LedgerStage, expected: int
+def _apply_ledger(db: Database, kind: str, stage: _LedgerStage, expected: int
                   ) -> list[_Staged]:
     """The parent's own share of a full rewrite, then the child's stage; the digest
     rewritten with them (it describes exactly the rows stored)."""
@@ -320,18 +303,18 @@ def _apply_ledger(db: Database, kind: str, stage: LedgerStage, expected: int
     staged: list[_Staged] = []
     if share is not None:
         clear_kind(db, "points_ledger", kind)
-        _write_range(db.conn, stage.entries, kind, *share)  # beside the child, no copy
-        staged.append(_Staged("direct", share[1] - share[0]))
+        write_ledger(db.conn, stage.entries.ledger, stage.entries.view, kind, *share)
+        staged.append(_Staged("direct", share[1] - share[0]))  # beside the child, no copy
     waiting = time.perf_counter()
-    for schema, done in stage.each_staged():
-        copying = time.perf_counter()
-        staged.append(done)
-        _apply_rows(db, kind, schema, done, expected)
-        db.execute(f"insert into main.points_ledger_digest select * from "
-                   f"{schema}.points_ledger_digest")
-        # which of parent and child is the long pole: what PARENT_LEDGER_SHARE balances
-        log.debug("ledger: waited %.1f s for the child, copied its %s stage in %.1f s",
-                  copying - waiting, done.mode, time.perf_counter() - copying)
+    done = stage.staged()
+    copying = time.perf_counter()
+    staged.append(done)
+    _apply_rows(db, kind, stage.SCHEMA, done, expected)
+    db.execute(f"insert into main.points_ledger_digest select * from "
+               f"{stage.SCHEMA}.points_ledger_digest")
+    # which of parent and child is the long pole: what PARENT_LEDGER_SHARE balances
+    log.debug("ledger: waited %.1f s for the child, copied its %s stage in %.1f s",
+              copying - waiting, done.mode, time.perf_counter() - copying)
     if share is not None and sum(s.rows for s in staged) != expected:
         raise MirrorError(f"staged {sum(s.rows for s in staged):,} ledger rows of "
                           f"{expected:,}; nothing was stored")

@@ -16,17 +16,15 @@ from datetime import datetime
 from pathlib import Path
 
 from connector.bulk_insert import insert_columns
-from connector.ledger_digest import DIGEST_INSERT, digest_parts
 from connector.mirror import Mirror
 from connector.parallel import can_fork
 from connector.rules_rows import (
     KINDS,
     append_snapshot,
     clear_kind,
-    ledger_columns,
-    ledger_insert,
     state_columns,
     state_insert,
+    write_ledger,
 )
 from connector.rules_stage import store_staged
 from connector.stored_ledger import StoredLedger
@@ -64,10 +62,6 @@ def store_result(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime
         for columns in state_columns(result.states, computed_at):
             insert_columns(db.conn, state_insert(), columns)
         clear_kind(db, "points_ledger", kind)
-        for columns in ledger_columns(result.ledger, result.ledger_view):
-            insert_columns(db.conn, ledger_insert(kind), columns)
         db.execute("delete from points_ledger_digest where customer_kind = ?", [kind])
-        if result.ledger_view is not None:
-            db.conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
-                                                in digest_parts(result.ledger_view)))
+        write_ledger(db.conn, result.ledger, result.ledger_view, kind)
         append_snapshot(db, result, kind, as_of, computed_at)

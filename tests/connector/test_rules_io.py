@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from shop_rows import AS_OF, LATER, company, contact, deal, many_buyers, write
 
-from connector import ledger_digest, rules_io, rules_read, rules_stage, rules_store
+from connector import ledger_digest, rules_io, rules_read, rules_rows, rules_stage, rules_store
 from connector.errors import MirrorError
 from connector.mirror import Mirror, SyncState
 from connector.parallel import can_fork
@@ -211,13 +211,13 @@ def test_a_failure_while_storing_keeps_the_previous_results(monkeypatch: Any) ->
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
     before = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
 
-    real = rules_store.ledger_columns
+    real = rules_rows.ledger_columns
 
     def boom(*args: Any) -> Iterator[list[list[Any]]]:
         yield next(real(*args))  # some rows are already written when it fails
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(rules_store, "ledger_columns", boom)
+    monkeypatch.setattr(rules_rows, "ledger_columns", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         run_rules(mirror, RulesConfig(), as_of=LATER)
     after = [table(mirror, n) for n in ("customer_state", "points_ledger", "metric_snapshots")]
@@ -336,7 +336,7 @@ def test_a_failing_ledger_writer_keeps_the_previous_results(
         mirror.mark_deleted("deals", [1005], "2025-03-02T09:00:00+03:00", SyncState("deals"))
     before = stored(mirror)
     parent = os.getpid()
-    real_chunks, real_list = rules_stage.ledger_columns, rules_stage.ledger_column_list
+    real_chunks, real_list = rules_rows.ledger_columns, rules_stage.ledger_column_list
 
     def failing_here() -> bool:
         return (os.getpid() == parent) == (where == "parent")
@@ -352,7 +352,7 @@ def test_a_failing_ledger_writer_keeps_the_previous_results(
         yield from real_chunks(*args)
 
     # the forked children inherit the patched module
-    monkeypatch.setattr(rules_stage, "ledger_columns", boom_chunks)
+    monkeypatch.setattr(rules_rows, "ledger_columns", boom_chunks)
     monkeypatch.setattr(rules_stage, "ledger_column_list", boom)
     expected = r"points ledger failed: .*disk full" if where == "child" else "disk full"
     with pytest.raises((MirrorError, RuntimeError), match=expected):
@@ -369,7 +369,7 @@ def test_the_store_never_waits_on_a_child_holding_its_stage_locked(
     # Attaching a stage reads its schema, which fails while a child writes it: with no
     # busy timeout at all, any attach after the children started would raise.
     mirror.db.execute("pragma busy_timeout = 0")
-    real, scratch = rules_stage.ledger_columns, rules_stage._scratch
+    real, scratch = rules_rows.ledger_columns, rules_stage._scratch
 
     @contextmanager
     def spilling(stage: Path) -> Iterator[sqlite3.Connection]:
@@ -384,7 +384,7 @@ def test_the_store_never_waits_on_a_child_holding_its_stage_locked(
         time.sleep(0.5)  # in the child, inside its write transaction
         yield from real(*args)
 
-    monkeypatch.setattr(rules_stage, "ledger_columns", slow)
+    monkeypatch.setattr(rules_rows, "ledger_columns", slow)
     monkeypatch.setattr(rules_stage, "_scratch", spilling)
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
     monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
@@ -403,7 +403,7 @@ def test_the_parent_writes_its_share_of_the_ledger_while_the_child_writes_the_re
     mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
     done = tmp_path / "child's share written"
     parent = os.getpid()
-    real_rows = rules_stage.ledger_columns
+    real_rows = rules_rows.ledger_columns
     written_before_done: list[bool] = []
 
     def rows(*args: Any) -> Iterator[list[list[Any]]]:
@@ -414,7 +414,7 @@ def test_the_parent_writes_its_share_of_the_ledger_while_the_child_writes_the_re
             time.sleep(1.0)
             done.touch()
 
-    monkeypatch.setattr(rules_stage, "ledger_columns", rows)
+    monkeypatch.setattr(rules_rows, "ledger_columns", rows)
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
     assert written_before_done == [True]
     message = next(r.getMessage() for r in caplog.records if "ledger ready" in r.getMessage())
