@@ -48,6 +48,7 @@ from connector.ledger_digest import DIGEST_INSERT, digest_parts, part_boundary
 from connector.mirror import Mirror, table_sql
 from connector.parallel import Forked, start_forked
 from connector.rules_rows import (
+    NULL,
     append_snapshot,
     clear_kind,
     ledger_column_list,
@@ -149,7 +150,7 @@ def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
         for lo in range(0, len(delta.upsert), _CHUNK):
             chunk = delta.upsert[lo:lo + _CHUNK]
             insert_columns(conn, ledger_insert(kind), ledger_column_list(
-                view.columns_at(chunk), delta.fingerprints[chunk].tolist()))
+                view.columns_at(chunk, NULL), delta.fingerprints[chunk].tolist()))
         conn.executemany("insert into ledger_stale values (?, ?)", delta.stale)
         conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
                                          in digest_parts(view, 0, len(view), delta.fingerprints)))

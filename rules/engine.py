@@ -120,7 +120,7 @@ def _state_maker(cols: _Columns, config: RulesConfig) -> Callable[[int], Custome
             points_balance=int(ledger.balance[row]),
             purchases_to_next_tier=int(ledger.purchases_to_next[row])
             if ledger.purchases_to_next[row] >= 0 else None,
-            churn_score=round(float(cols.churn[row]), 4),
+            churn_score=float(cols.churn[row]),
             churn_reasons=churn_reasons(cols.signals, row, config.churn, p_alive)
             if buyer else (),
             p_alive=p_alive,
@@ -133,62 +133,68 @@ def _state_maker(cols: _Columns, config: RulesConfig) -> Callable[[int], Custome
     return make_state
 
 
-def _none_where(values: npt.NDArray[Any], missing: npt.NDArray[np.bool_]) -> list[Any]:
-    return [None if m else v for v, m in zip(values.tolist(), missing.tolist(), strict=True)]
+def _absent_where(values: npt.NDArray[Any], absent: npt.NDArray[np.bool_],
+                  missing: Any) -> list[Any]:
+    return [missing if m else v for v, m in zip(values.tolist(), absent.tolist(), strict=True)]
 
 
-def _nan_none(values: FloatArray) -> list[float | None]:
-    return [None if v != v else v for v in values.tolist()]  # NaN is the only v != v
+def _nan_as(values: FloatArray, missing: Any) -> list[Any]:
+    if missing != missing:  # NaN stands in for absent values: the floats go as they are
+        return list(values.tolist())
+    return [missing if v != v else v for v in values.tolist()]  # NaN is the only v != v
 
 
-def _days(days: IntArray) -> list[date | None]:
-    memo: dict[int, date | None] = {}
-    return [memo[d] if d in memo else memo.setdefault(d, _date_or_none(d))
-            for d in days.tolist()]
+def _days(days: IntArray, missing: Any) -> list[Any]:
+    memo: dict[int, Any] = {}
+
+    def day_of(day: int) -> Any:
+        found = memo[day] = _date_or_none(day) or missing
+        return found
+
+    return [memo[d] if d in memo else day_of(d) for d in days.tolist()]
 
 
 def _state_columns(cols: _Columns, config: RulesConfig
-                   ) -> Callable[[int, int], dict[str, list[Any]]]:
+                   ) -> Callable[[int, int, Any], dict[str, list[Any]]]:
     """``make_state`` for a range of rows, field by field, without building the states."""
     customers, agg, rfm, ledger = cols.history.customers, cols.agg, cols.rfm, cols.ledger
     tiers = config.loyalty.tiers
     channels = [channels_of(bool(code & 2), bool(code & 1)) for code in range(4)]
-    groups: list[str | None] = [*rfm.groups, None]  # code -1 picks the None at the end
 
-    def make_columns(lo: int, hi: int) -> dict[str, list[Any]]:
+    def make_columns(lo: int, hi: int, missing: Any) -> dict[str, list[Any]]:
         rows = slice(lo, hi)
-        buyer = (agg.count[rows] > 0).tolist()
+        buyer = agg.count[rows] > 0
         tier = ledger.tier[rows].tolist()
-        p_alive = _nan_none(cols.model.p_alive[rows])
         to_next = ledger.purchases_to_next[rows]
         model = "bgnbd" if cols.model.used else "signals"
         reach = (customers.has_phone[rows].astype(np.int64) * 2
                  + customers.has_email[rows]).tolist()
+        groups = [*rfm.groups, missing]  # code -1 picks the missing value at the end
         return {
             "customer_id": customers.ids[rows].tolist(),
             "customer_kind": [customers.kind] * (hi - lo),
             "lifecycle": [LIFECYCLES[c] for c in cols.lifecycle[rows].tolist()],
             "value_segment": [VALUE_SEGMENTS[c] for c in cols.value[rows].tolist()],
-            "rfm_r": [v or None for v in rfm.r[rows].tolist()],
-            "rfm_f": [v or None for v in rfm.f[rows].tolist()],
-            "rfm_m": [v or None for v in rfm.m[rows].tolist()],
+            "rfm_r": [v or missing for v in rfm.r[rows].tolist()],
+            "rfm_f": [v or missing for v in rfm.f[rows].tolist()],
+            "rfm_m": [v or missing for v in rfm.m[rows].tolist()],
             "rfm_group": [groups[g] for g in rfm.group[rows].tolist()],
             "channels": [channels[c] for c in reach],
             "purchases": agg.count[rows].tolist(),
             "revenue": agg.revenue[rows].tolist(),
-            "first_purchase": _days(agg.first_day[rows]),
-            "last_purchase": _days(agg.last_day[rows]),
-            "median_gap_days": _nan_none(agg.median_gap[rows]),
+            "first_purchase": _days(agg.first_day[rows], missing),
+            "last_purchase": _days(agg.last_day[rows], missing),
+            "median_gap_days": _nan_as(agg.median_gap[rows], missing),
             "tier": [tiers[t].name for t in tier],
             "perks": [tiers[t].perks for t in tier],
             "points_balance": ledger.balance[rows].tolist(),
-            "purchases_to_next_tier": _none_where(to_next, to_next < 0),
-            "churn_score": [round(v, 4) for v in cols.churn[rows].tolist()],
+            "purchases_to_next_tier": _absent_where(to_next, to_next < 0, missing),
+            "churn_score": cols.churn[rows].tolist(),
             "churn_reasons": churn_reason_column(cols.signals, lo, hi, config.churn, buyer,
-                                                 p_alive),
-            "p_alive": p_alive,
-            "expected_purchases": _nan_none(cols.model.expected_purchases[rows]),
-            "predicted_clv": _nan_none(cols.model.clv[rows]),
+                                                 cols.model.p_alive[rows]),
+            "p_alive": _nan_as(cols.model.p_alive[rows], missing),
+            "expected_purchases": _nan_as(cols.model.expected_purchases[rows], missing),
+            "predicted_clv": _nan_as(cols.model.clv[rows], missing),
             "model_used": [model if r >= 2 else "signals"
                            for r in agg.visit_days[rows].tolist()],
         }
@@ -257,7 +263,8 @@ def _columns(history: PurchaseHistory, config: RulesConfig, previous_ledger: Pre
         value=value_codes(history, config.value),
         rfm=rfm_scores(history, config.rfm),
         ledger=ledger, signals=signals, model=model,
-        churn=_blend(signals, model, agg, config.model.churn_weight),
+        # four decimals are all a manager reads; rounded once here, not per row
+        churn=np.round(_blend(signals, model, agg, config.model.churn_weight), 4),
     )
 
 

@@ -99,15 +99,17 @@ class LedgerRows:
                            day + timedelta(days=self.expiry_days), None, self._expired(),
                            f"expire:earn:deal:{deal}")
 
-    def columns(self, lo: int, hi: int) -> dict[str, list[Any]]:
-        """Entries lo:hi field by field — equal to ``[row(i) for i in range(lo, hi)]``."""
-        return self._columns_of(self.source[lo:hi], self.index[lo:hi])
+    def columns(self, lo: int, hi: int, missing: Any = None) -> dict[str, list[Any]]:
+        """Entries lo:hi field by field — equal to ``[row(i) for i in range(lo, hi)]``,
+        with ``missing`` wherever a field is None (see ``RowSequence.columns``)."""
+        return self._columns_of(self.source[lo:hi], self.index[lo:hi], missing)
 
-    def columns_at(self, entries: IntArray) -> dict[str, list[Any]]:
+    def columns_at(self, entries: IntArray, missing: Any = None) -> dict[str, list[Any]]:
         """The entries at these positions, field by field (a changed few, say)."""
-        return self._columns_of(self.source[entries], self.index[entries])
+        return self._columns_of(self.source[entries], self.index[entries], missing)
 
-    def _columns_of(self, src: npt.NDArray[np.int8], idx: IntArray) -> dict[str, list[Any]]:
+    def _columns_of(self, src: npt.NDArray[np.int8], idx: IntArray, missing: Any
+                    ) -> dict[str, list[Any]]:
         pos = np.where(src == EXTRA, 0, idx)  # extras index the extras, not the purchases
         earn = (src == EARN).tolist()
         deal, points = self._take(self.deal_id, pos).tolist(), self._take(self.points, pos)
@@ -120,27 +122,27 @@ class LedgerRows:
         out: dict[str, list[Any]] = {
             "customer_id": self.customer_ids[self._take(self.cust, pos)].tolist(),
             "kind": ["earn" if e else "expire" for e in earn],
-            "deal_id": [d if e else None for d, e in zip(deal, earn, strict=True)],
+            "deal_id": [d if e else missing for d, e in zip(deal, earn, strict=True)],
             "points": np.where(src == EARN, points, -points).tolist(),
             "at": list(map(_Dates().__getitem__, day)),
-            "tier_at_purchase": [names[r >> 1] if e else None
+            "tier_at_purchase": [names[r >> 1] if e else missing
                                  for r, e in zip(reason, earn, strict=True)],
             "reason": [reasons[r] if e else expired for r, e in zip(reason, earn, strict=True)],
             "entry_key": [f"earn:deal:{d}" if e else f"expire:earn:deal:{d}"
                           for d, e in zip(deal, earn, strict=True)],
         }
-        self._overwrite_extras(out, src, idx)
+        self._overwrite_extras(out, src, idx, missing)
         return out
 
     def _overwrite_extras(self, out: dict[str, list[Any]], src: npt.NDArray[np.int8],
-                          idx: IntArray) -> None:
+                          idx: IntArray, missing: Any) -> None:
         where = np.flatnonzero(src == EXTRA).tolist()
         if not where:
             return
         columns = [out[name] for name in _FIELDS]
         for i, extra in zip(where, idx[src == EXTRA].tolist(), strict=True):
             for column, value in zip(columns, _ENTRY_FIELDS(self.extras[extra]), strict=True):
-                column[i] = value
+                column[i] = missing if value is None else value
 
     def _take(self, values: npt.NDArray[Any], pos: IntArray) -> npt.NDArray[Any]:
         # with no purchases at all every row is an extra: nothing to index

@@ -180,18 +180,23 @@ class Metrics:
 ColumnChunk = dict[str, list[Any]]  # dataclass field name -> that field of each row
 
 
+def _present(value: Any, missing: Any) -> Any:
+    return missing if value is None else value
+
+
 class RowSequence(Sequence[T]):
     """A read-only sequence whose rows are built on access from columnar data.
 
     ``columns(start, stop)`` gives the same rows field by field — what a bulk writer
     wants — and, when the engine supplies ``make_columns``, without building a single
-    dataclass: at millions of rows that is several times faster.
+    dataclass: at millions of rows that is several times faster.  ``make_columns(start,
+    stop, missing)`` puts ``missing`` wherever a row's field is None.
     """
 
     __slots__ = ("_length", "_make_columns", "_make_row")
 
     def __init__(self, length: int, make_row: Callable[[int], T],
-                 make_columns: Callable[[int, int], ColumnChunk] | None = None) -> None:
+                 make_columns: Callable[[int, int, Any], ColumnChunk] | None = None) -> None:
         self._length = length
         self._make_row = make_row
         self._make_columns = make_columns
@@ -221,16 +226,21 @@ class RowSequence(Sequence[T]):
     def __repr__(self) -> str:
         return f"RowSequence(len={self._length})"
 
-    def columns(self, start: int, stop: int) -> ColumnChunk:
-        """Rows ``start:stop`` as {field name: [value per row]}, equal to the rows' fields."""
+    def columns(self, start: int, stop: int, missing: Any = None) -> ColumnChunk:
+        """Rows ``start:stop`` as {field name: [value per row]}, equal to the rows' fields.
+
+        ``missing`` stands in for every None: a SQLite writer passes NaN, which SQLite
+        stores as NULL and Python's sqlite3 binds about ten times faster than None.
+        """
         start, stop, _ = slice(start, stop).indices(self._length)
         if self._make_columns is not None and stop > start:
-            return self._make_columns(start, stop)
+            return self._make_columns(start, stop, missing)
         rows = self[start:stop]
         if not rows:
             return {}
         names = [f.name for f in fields(rows[0])]  # type: ignore[arg-type]
-        return {name: [getattr(row, name) for row in rows] for name in names}
+        return {name: [_present(getattr(row, name), missing) for row in rows]
+                for name in names}
 
 
 @dataclass(frozen=True, slots=True)

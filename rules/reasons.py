@@ -1,13 +1,14 @@
 """Churn reasons as short texts for the manager: the strongest signals first.
 
 Texts are built per chunk of customer rows from plain Python lists, one list per signal
-and only for the rows where that signal is among the reasons shown — indexing numpy
+and rank, only for the rows where that signal is shown at that rank — indexing numpy
 arrays one element at a time costs more than the formatting itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -67,39 +68,50 @@ def _contributions(s: ChurnSignals, rows: slice, cfg: ChurnConfig) -> npt.NDArra
                      cfg.weight_ignored * s.ignored[rows]], axis=1)
 
 
-def _model_text(p_alive: float | None, shown: int, cfg: ChurnConfig) -> tuple[str, ...]:
-    if p_alive is not None and p_alive < 0.5 and shown < cfg.max_reasons:
-        return (f"model: {p_alive:.0%} chance still active",)
-    return ()
+def _model_texts(p_alive: npt.NDArray[np.float64]) -> list[str]:
+    return [f"model: {p:.0%} chance still active" for p in p_alive.tolist()]
+
+
+def _ranked_texts(signals: ChurnSignals, lo: int, order: npt.NDArray[np.int64],
+                  shown: npt.NDArray[np.bool_]) -> list[list[str | None]]:
+    """One column per rank: the text of the signal shown at that rank, or None."""
+    columns = []
+    for rank in range(order.shape[1]):
+        column = np.full(len(order), None, dtype=object)
+        for signal, make in enumerate(_TEXTS):
+            rows = np.flatnonzero(shown[:, rank] & (order[:, rank] == signal))
+            if len(rows):
+                column[rows] = make(signals, rows + lo)
+        columns.append(column.tolist())
+    return columns
 
 
 def churn_reason_column(signals: ChurnSignals, lo: int, hi: int, cfg: ChurnConfig,
-                        buyer: Sequence[bool], p_alive: Sequence[float | None]
+                        buyer: npt.NDArray[np.bool_], p_alive: npt.NDArray[np.float64]
                         ) -> list[tuple[str, ...]]:
     """Up to ``max_reasons`` texts per row lo:hi, strongest contribution first.
 
+    ``buyer`` and ``p_alive`` (NaN where there is none) are aligned with rows lo:hi.
     Non-buyers get ``()``; a P(alive) below one half adds the model's view when there is
     room left.
     """
     weights = _contributions(signals, slice(lo, hi), cfg)
     order = np.argsort(-weights, axis=1, kind="stable")[:, : cfg.max_reasons]
-    shown = (np.take_along_axis(weights, order, axis=1) > 0) & np.asarray(
-        buyer, dtype=np.bool_)[:, None]
-    texts: list[dict[int, str]] = []
-    for signal, make in enumerate(_TEXTS):
-        rows = np.flatnonzero((shown & (order == signal)).any(axis=1))
-        texts.append(dict(zip(rows.tolist(), make(signals, rows + lo), strict=True)))
-    out: list[tuple[str, ...]] = []
-    for k, (picks, keep) in enumerate(zip(order.tolist(), shown.tolist(), strict=True)):
-        if not buyer[k]:
-            out.append(())
-            continue
-        chosen = tuple(texts[i][k] for i, ok in zip(picks, keep, strict=True) if ok)
-        out.append(chosen + _model_text(p_alive[k], len(chosen), cfg))
-    return out
+    shown = (np.take_along_axis(weights, order, axis=1) > 0) & buyer[:, None]
+    columns = _ranked_texts(signals, lo, order, shown)
+    model = np.full(hi - lo, None, dtype=object)
+    # NaN < 0.5 is False: no model view without a fitted P(alive)
+    room = buyer & (p_alive < 0.5) & (shown.sum(axis=1) < cfg.max_reasons)
+    model[room] = _model_texts(p_alive[room])
+    columns.append(model.tolist())
+    # Texts are never empty, so filter(None, ...) drops exactly the Nones — per row in C,
+    # where a generator per row cost more than the texts (a million rows per run).
+    return list(map(tuple, map(partial(filter, None), zip(*columns, strict=True))))
 
 
 def churn_reasons(signals: ChurnSignals, row: int, cfg: ChurnConfig,
                   p_alive: float | None = None) -> tuple[str, ...]:
     """``churn_reason_column`` for one (buying) customer row."""
-    return churn_reason_column(signals, row, row + 1, cfg, [True], [p_alive])[0]
+    alive = np.array([np.nan if p_alive is None else p_alive], dtype=np.float64)
+    return churn_reason_column(signals, row, row + 1, cfg, np.ones(1, dtype=np.bool_),
+                               alive)[0]

@@ -456,3 +456,29 @@ def test_phones_decided_in_sql_agree_with_the_python_check(region: str) -> None:
     columns = rules_io.load_record_columns(mirror, "contacts", config)
     expected = [reachability([p], [], region)[0] for p in PHONES] + [True, False]
     assert columns.has_phone.tolist() == expected
+
+
+@pytest.mark.parametrize("staged", [False, True])
+def test_absent_values_are_stored_as_sql_null(staged: bool, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # the writers bind NaN for None (rules_rows.NULL): SQLite must store NULL, never a real
+    if staged:
+        if not can_fork():
+            pytest.skip("fork is not available here")
+        monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
+    mirror = rich_shop(Mirror.open(tmp_path / "m.db"))
+    result = run_rules(mirror, RICH, as_of=AS_OF)
+    nulls_seen = 0
+    for name, rows in (("customer_state", result.states), ("points_ledger", result.ledger)):
+        for column in table(mirror, name)[0]:
+            if column in ("computed_at", "fingerprint", "customer_kind"):
+                continue
+            want = sum(getattr(row, column) is None for row in rows)
+            kinds = dict(mirror.db.execute(f"select typeof({column}), count(*) from {name} "
+                                           f"group by 1").fetchall())
+            assert kinds.get("null", 0) == want, (name, column, kinds)
+            assert "real" not in kinds or column in {"revenue", "median_gap_days",
+                                                     "churn_score", "p_alive",
+                                                     "expected_purchases", "predicted_clv"}
+            nulls_seen += want
+    assert nulls_seen > 10  # prospects' RFM and dates, expiries' deal and tier

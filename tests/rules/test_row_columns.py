@@ -56,8 +56,14 @@ def test_columns_equal_rows(spec: list[Any], a: int, b: int) -> None:
         lo, hi = min(a, b), max(a, b)
         assert rows.columns(lo, hi) == transposed(rows, lo, hi)
         assert rows.columns(0, len(rows)) == transposed(rows, 0, len(rows))
+        # a stand-in for None (a store's NaN) replaces exactly the Nones
+        absent = object()
+        assert rows.columns(0, len(rows), absent) == {
+            name: [absent if v is None else v for v in values]
+            for name, values in transposed(rows, 0, len(rows)).items()}
 
 
 def test_a_plain_row_sequence_transposes_its_rows() -> None:
-    rows = RowSequence(3, lambda i: Contact(id=i, name=f"c{i}"))
+    rows = RowSequence(3, lambda i: Contact(id=i, name=f"c{i}" if i else None))
     assert rows.columns(1, 3)["name"] == ["c1", "c2"] and rows.columns(2, 2) == {}
+    assert rows.columns(0, 2, "-")["name"] == ["-", "c1"]
