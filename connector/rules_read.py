@@ -2,8 +2,9 @@
 
 A million contacts and five million deals never exist as Python objects: each scan
 selects a few numbers per row (computed in SQL where SQLite can: UTC seconds, packed
-status codes, whether a Russian phone is plausible) and fills numpy arrays; the rare
-text a rule needs comes from a second look at only the rows flagged for it.  Rows are
+status codes) and fills numpy arrays; the rare text a rule needs comes from a second
+look at only the rows flagged for it.  A contact's phones and emails are decided by a
+pattern on their JSON text, run in C over a whole batch, and only the rest are parsed.  Rows are
 read with plain ``db.execute`` cursors — sqlite-utils row dicts cost several times more
 per row.  Column conventions are ``rules.columns``'.
 """
@@ -11,8 +12,11 @@ per row.  Column conventions are ``rules.columns``'.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from itertools import compress
 from typing import Any, Protocol, cast
 
@@ -27,7 +31,8 @@ from rules.columns import (
     FieldValues,
     IntArray,
     RecordColumns,
-    reachability,
+    is_plausible_email,
+    is_plausible_phone,
     utc_micros,
     wanted_fields,
 )
@@ -244,67 +249,67 @@ def load_deal_columns(mirror: MirrorReader, config: RulesConfig,
     )
 
 
-def _channels(phones: str | int | None, emails: str | None, region: str
-              ) -> tuple[bool, bool]:
-    """(has a phone, has an email): ``phones`` may come decided (0/1) by ``_record_sql``."""
-    if isinstance(phones, int):  # decided in SQL
-        return bool(phones), reachability((), _texts(emails), region)[1]
-    return reachability(_texts(phones), _texts(emails), region)
-
-
 def _texts(array: str | None) -> list[str]:
     # "[]" is by far the most common value: no need to parse it.
     return json.loads(array) if array and array != "[]" else []
 
 
-# rules.columns.is_plausible_phone's Russian fast path, in SQL: with the characters its
-# noise pattern strips removed, "+7" or "8" and ten ASCII digits.  It is only ever a
-# sufficient condition (whatever else Python strips, such a value has none of it), so a
-# contact it does not decide goes through the Python check as before.
-_DIGITS10 = "[0-9]" * 10
-_STRIPPED = "value"
-for _noise in (" ", "(", ")", "-", "."):
-    _STRIPPED = f"replace({_STRIPPED}, '{_noise}', '')"
-_RU_PHONE_SQL = (f"exists (select 1 from json_each(contacts.phones) where {_STRIPPED} "
-                 f"glob '+7{_DIGITS10}' or {_STRIPPED} glob '8{_DIGITS10}')")
+# The mapping writes a list of one as '["text"]'.  For that shape these patterns decide
+# the common plausible phones and emails on the JSON text itself, in C through map().
+# They are sufficient conditions: with no quote or backslash inside, the text is the
+# value, and what they accept is what rules.columns accepts (the same noise characters,
+# the same character classes).  Anything else goes through the Python check.
+_NOISE = r"[\s()\-.]*"  # rules.columns._PHONE_NOISE, any number of them
+_ONE_RU_PHONE = re.compile(rf'\["{_NOISE}(?:\+{_NOISE}7|8)(?:{_NOISE}\d){{10}}{_NOISE}"\]\Z')
+_ONE_EMAIL = re.compile(r'\["[^@\s"\\]+@[^@\s"\\]+\.[^@\s."\\]{2,}"\]\Z')
 
 
-def _record_sql(table: str, region: str = "") -> str:
-    """(id, deleted, phones, emails, birth month, birth day) of every contact or company.
+def _plausible(lists: Sequence[str], fast: re.Pattern[str] | None,
+               check: Callable[[str], bool]) -> npt.NDArray[np.bool_]:
+    """Per JSON list text: does it hold a value ``check`` accepts?"""
+    count = len(lists)
+    found = (np.fromiter(map(bool, map(fast.match, lists)), dtype=np.bool_, count=count)
+             if fast is not None else np.zeros(count, dtype=np.bool_))
+    listed = np.fromiter(map("[]".__ne__, lists), dtype=np.bool_, count=count)
+    for i in np.flatnonzero(listed & ~found).tolist():
+        found[i] = any(check(value) for value in _texts(lists[i]) if value)
+    return found
 
-    For Russian numbers, a contact with a phone in a common shape comes back as 1 in the
-    phones column, decided inside SQLite; every other value as the JSON text it is.
-    """
+
+def _record_sql(table: str) -> str:
+    """(id, deleted, phones, emails, birth month, birth day) of every contact or company;
+    phones and emails as JSON list texts."""
     if table == "contacts":
-        phones = (f"case when phones not in ('[]', '') and {_RU_PHONE_SQL} then 1 "
-                  "else phones end" if region == "RU" else "phones")
-        return (f"select id, deleted_at is not null, {phones}, emails, "
+        return ("select id, deleted_at is not null, coalesce(phones, '[]'), "
+                "coalesce(emails, '[]'), "
                 "coalesce(cast(strftime('%m', birthday) as integer), 0), "
                 "coalesce(cast(strftime('%d', birthday) as integer), 0) from contacts")
     # a company's channels come from its deals' contacts
-    return "select id, deleted_at is not null, null, null, 0, 0 from companies"
+    return "select id, deleted_at is not null, '[]', '[]', 0, 0 from companies"
+
+
+def _record_batch(rows: list[tuple[Any, ...]], region: str) -> list[npt.NDArray[Any]]:
+    ids, deleted, phones, emails, month, day = zip(*rows, strict=True)
+    return [np.array(ids, dtype=np.int64), np.array(deleted, dtype=np.bool_),
+            _plausible(phones, _ONE_RU_PHONE if region == "RU" else None,
+                       partial(is_plausible_phone, region=region)),
+            _plausible(emails, _ONE_EMAIL, is_plausible_email),
+            np.array(month, dtype=np.int64), np.array(day, dtype=np.int64)]
 
 
 def load_record_columns(mirror: MirrorReader, table: str, config: RulesConfig) -> RecordColumns:
     """Contacts or companies (deleted included) as ``rules`` columns."""
     region = config.customer.phone_region
-    sql = _record_sql(table, region)
-    ids, deleted, phone, email, month, day = [], [], [], [], [], []
-    for row in batched_rows(mirror.db, sql):
-        ids.append(row[0])
-        deleted.append(row[1])
-        reach = _channels(row[2], row[3], region)
-        phone.append(reach[0])
-        email.append(reach[1])
-        month.append(row[4])
-        day.append(row[5])
-    _, record_fields = wanted_fields(config)
-    return RecordColumns(
-        ids=np.array(ids, dtype=np.int64), deleted=np.array(deleted, dtype=np.bool_),
-        has_phone=np.array(phone, dtype=np.bool_), has_email=np.array(email, dtype=np.bool_),
-        birth_month=np.array(month, dtype=np.int64), birth_day=np.array(day, dtype=np.int64),
-        fields=_load_fields(mirror.db, table, record_fields),
-    )
+    cursor = mirror.db.execute(_record_sql(table))
+    batches = [_record_batch(rows, region)
+               for rows in iter(lambda: cursor.fetchmany(_BATCH), [])]
+    fields = _load_fields(mirror.db, table, wanted_fields(config)[1])
+    if not batches:
+        return replace(RecordColumns.empty(), fields=fields)
+    ids, deleted, phone, email, month, day = (
+        np.concatenate(column) for column in zip(*batches, strict=True))
+    return RecordColumns(ids=ids, deleted=deleted, has_phone=phone, has_email=email,
+                         birth_month=month, birth_day=day, fields=fields)
 
 
 def load_columns(mirror: Mirror, config: RulesConfig
