@@ -176,11 +176,18 @@ def _deal_sql(config: RulesConfig, bounded: bool = False) -> tuple[str, list[Any
 
 
 def _deal_values_sql(custom: list[str], bounded: bool) -> str:
-    """(id, JSON array of the ``custom`` values) of the deals holding any of them."""
-    values = _custom_sql(custom)[1]
-    nulls = "[" + ",".join(["null"] * len(values)) + "]"
-    return (f"select id, nullif(json_array({', '.join(values)}), '{nulls}') from deals "
-            f"where custom_fields is not null{' and id > ? and id <= ?' if bounded else ''}")
+    """(id, name, value, whether the value is final) of the ``custom`` fields the deals
+    hold; a value that is not a JSON string or integer comes as JSON text.
+
+    One json_each over each deal's custom fields: a path expression per wanted field
+    parsed the JSON once per field, and a JSON array of them cost a json.loads per deal.
+    """
+    wanted = ", ".join("?" * len(custom))
+    return ("select d.id, j.key, case when j.type in ('text', 'integer') then j.value "
+            "else d.custom_fields -> j.fullkey end, j.type in ('text', 'integer') "
+            "from deals d, json_each(d.custom_fields) j where d.custom_fields is not null "
+            f"and j.key in ({wanted}) and j.type != 'null'"
+            f"{' and d.id > ? and d.id <= ?' if bounded else ''}")
 
 
 def _texts_of(db: Database, expression: str, ids: IntArray) -> dict[int, str]:
@@ -199,14 +206,12 @@ def _deal_fields(db: Database, names: set[str], custom: list[str],
     fields: FieldValues = {name: {} for name in names}
     if not custom:
         return fields
-    found = [fields[name] for name in custom]
     sql = _deal_values_sql(custom, bounded=id_range is not None)
-    for record, text in db.execute(sql, list(id_range or ())):
-        if text is None:  # custom fields, but none of the wanted ones
-            continue
-        for into, value in zip(found, json.loads(text), strict=True):
-            if value is not None and value != "":
-                into[record] = value
+    for record, name, value, final in db.execute(sql, [*custom, *(id_range or ())]):
+        if not final:
+            value = json.loads(value)
+        if value is not None and value != "":
+            fields[name][record] = value
     return fields
 
 

@@ -262,6 +262,10 @@ def test_the_column_reader_matches_the_record_reader(kind: str, on_disk: bool,
                                                      tmp_path: Path) -> None:
     # a file-backed mirror as well as the in-memory one
     mirror = rich_shop(Mirror.open(tmp_path / "m.db") if on_disk else None)
+    # field values that are not JSON strings or integers take the JSON-text path
+    write(mirror, "deals", [deal(40, 3, "2024-10-01T12:00:00+03:00", 10.0, UF_CRM_NPS=5.5),
+                            deal(41, 3, "2024-10-02T12:00:00+03:00", 10.0, UF_CRM_REVIEW=True,
+                                 UF_CRM_POINTS_SPENT=[1], UF_CRM_NPS=None)])
     config = RICH.model_copy(update={"customer": CustomerConfig(kind=kind)})
     via_columns = run_rules(mirror, config, as_of=AS_OF, store=False)
     contacts, deals, companies = load_inputs(mirror)
@@ -431,7 +435,7 @@ def test_the_rules_scans_read_the_narrow_covering_indexes(kind: str) -> None:
     config = RICH.model_copy(update={"customer": CustomerConfig(kind=kind)})
     custom, _ = rules_read._custom_sql(wanted_fields(config)[0])
     deal_sql, params = rules_read._deal_sql(config)
-    for sql, args in ((deal_sql, params), (rules_read._deal_values_sql(custom, False), [])):
+    for sql, args in ((deal_sql, params), (rules_read._deal_values_sql(custom, False), custom)):
         plan = " ".join(row[3] for row in mirror.db.execute(f"explain query plan {sql}",
                                                             args).fetchall())
         assert "USING COVERING INDEX deals_rules_scan" in plan, sql
