@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlite_utils import Database
 
+from connector.errors import MirrorError
 from connector.mirror import Mirror
 from rules.columns import (
     Codes,
@@ -133,26 +134,35 @@ def _moments(seconds: npt.NDArray[np.int64], odd: dict[int, str], ids: IntArray
     return micros
 
 
-_ODD_MOMENT, _OTHER_CURRENCY = 1, 2  # flag bits of the deal scan
+_ODD_MOMENT, _OTHER_CURRENCY, _ODD_AMOUNT = 1, 2, 4  # flag bits of the deal scan
 
-# One structured row of numbers per deal, as few columns as possible: every column of
-# every row becomes a Python object on the way out of SQLite, which cost twice the SQL
-# itself.  So the small codes (status, deleted, flags, category) travel packed in one
-# integer and company ids only when companies are the customers.  The wanted UF_*
-# values come from a second scan of only the deals that have custom fields (an object
-# column on every row cost more than that scan), and the rare text a rule needs from a
-# look at the flagged rows.
-_STATUS_BITS, _DELETED_BIT, _FLAGS_SHIFT, _CATEGORY_SHIFT = 3, 4, 3, 5
+# Every value that leaves SQLite as a Python object costs more than the SQL that made
+# it, so the deal scan returns each column of a range of deals as one text of integers
+# (group_concat), parsed by numpy in C.  The small codes (status, deleted, flags,
+# category) travel packed in one integer, company ids only when companies are the
+# customers.  An amount travels exactly as two integers, its whole part and its
+# fraction × 2**62 (exact whenever |amount| < 2**53 and >= 2**-10 or 0: the fraction
+# then has at most 52 bits, none below 2**-62); any other amount is flagged and read as
+# it is.  The wanted UF_* values come from a second scan of only the deals that have
+# custom fields, and the rare text a rule needs from a look at the flagged rows.
+_STATUS_BITS, _DELETED_BIT, _FLAGS_SHIFT, _CATEGORY_SHIFT = 3, 4, 3, 6
+_FRACTION_SCALE = float(2**62)
+_SCAN_IDS = 250_000  # deal ids per scan query: a few MB of text per column
 
 
-def _deal_row(config: RulesConfig) -> np.dtype[Any]:
-    company = [("company", "i8")] if config.customer.kind == "company" else []
-    return np.dtype([("id", "i8"), ("contact", "i8"), *company, ("amount", "f8"),
-                     ("seconds", "i8"), ("packed", "i8")])
+def _amount_sql() -> tuple[str, str, str]:
+    """SQL for (whole part, fraction × 2**62, whether those two are not exact)."""
+    amount = "coalesce(amount, 0.0)"
+    whole = f"cast({amount} as integer)"
+    # integer literals: SQLite turns them into exactly these powers of two
+    scaled = f"(({amount} - {whole}) * {2**62})"
+    odd = (f"(typeof({amount}) not in ('real', 'integer') or abs({amount}) >= {2**53} "
+           f"or cast({scaled} as integer) != {scaled})")
+    return whole, f"cast({scaled} as integer)", odd
 
 
 def _packed_sql(config: RulesConfig) -> tuple[str, list[Any]]:
-    """One integer: status + 1 (bits 0-1), deleted (bit 2), flags (3-4), category + 1."""
+    """One integer: status + 1 (bits 0-1), deleted (bit 2), flags (3-5), category + 1."""
     cats = config.purchases.categories
     category = ("case category_id " + " ".join(f"when ? then {i}" for i in range(len(cats)))
                 + " else -1 end") if cats else "-1"
@@ -160,19 +170,52 @@ def _packed_sql(config: RulesConfig) -> tuple[str, list[Any]]:
     sql = ("(case status when 'open' then 1 when 'won' then 2 when 'lost' then 3 else 0 end)"
            f" + {_DELETED_BIT} * (deleted_at is not null)"
            f" + {1 << _FLAGS_SHIFT} * (({odd} is not null) * {_ODD_MOMENT}"
-           f" + (coalesce(currency, '') not in ('', ?)) * {_OTHER_CURRENCY})"
+           f" + (coalesce(currency, '') not in ('', ?)) * {_OTHER_CURRENCY}"
+           f" + {_amount_sql()[2]} * {_ODD_AMOUNT})"
            f" + {1 << _CATEGORY_SHIFT} * (({category}) + 1)")
     return sql, [config.purchases.currency, *cats]
 
 
-def _deal_sql(config: RulesConfig, bounded: bool = False) -> tuple[str, list[Any]]:
-    """The deal scan, shaped like ``_deal_row`` (``bounded``: ids in (?, ?])."""
-    company = ", coalesce(company_id, -1)" if config.customer.kind == "company" else ""
-    packed, params = _packed_sql(config)
-    sql = (f"select id, coalesce(contact_id, -1){company}, coalesce(amount, 0.0), "
-           f"{_moment_sql(_MOMENT)[0]}, {packed} from deals "
-           f"{'where id > ? and id <= ? ' if bounded else ''}order by id")
-    return sql, params
+def _deal_columns(config: RulesConfig) -> list[str]:
+    """The scan's columns, by name: each an SQL expression that is never NULL."""
+    company = ["coalesce(company_id, -1) as company"] if config.customer.kind == "company" else []
+    whole, fraction, _ = _amount_sql()
+    return ["id", "coalesce(contact_id, -1) as contact", *company, f"{whole} as whole",
+            f"{fraction} as fraction", f"{_moment_sql(_MOMENT)[0]} as seconds",
+            f"{_packed_sql(config)[0]} as packed"]
+
+
+def _deal_sql(config: RulesConfig) -> tuple[str, list[Any]]:
+    """The deal scan of ids in (?, ?]: the row count, then each column as one text."""
+    columns = _deal_columns(config)
+    names = [c.rsplit(" as ", 1)[-1] for c in columns]
+    # group_concat skips NULLs: every column is coalesced, and the count checks it
+    sql = (f"select count(*), {', '.join(f'group_concat({n})' for n in names)} from "
+           f"(select {', '.join(columns)} from deals where id > ? and id <= ? order by id)")
+    return sql, _packed_sql(config)[1]
+
+
+def _scan_deals(db: Database, config: RulesConfig, after: int, upto: int
+                ) -> dict[str, IntArray]:
+    """The deal scan's columns for ids in (after, upto], in id order."""
+    sql, params = _deal_sql(config)
+    names = [c.rsplit(" as ", 1)[-1] for c in _deal_columns(config)]
+    parts: list[list[IntArray]] = []
+    for lo in range(after, upto, _SCAN_IDS):
+        count, *texts = db.execute(sql, [*params, lo, min(lo + _SCAN_IDS, upto)]).fetchone()
+        if count:
+            parts.append([np.fromstring(t, dtype=np.int64, sep=",") for t in texts])
+            if any(len(column) != count for column in parts[-1]):
+                raise MirrorError("the deal scan returned columns of different lengths")
+    if not parts:
+        return {name: np.zeros(0, dtype=np.int64) for name in names}
+    columns = {name: np.concatenate(column)
+               for name, column in zip(names, zip(*parts, strict=True), strict=True)}
+    ids = columns["id"]
+    if not bool(np.all(ids[1:] > ids[:-1])):  # the order group_concat sees is SQLite's
+        order = np.argsort(ids, kind="stable")
+        columns = {name: column[order] for name, column in columns.items()}
+    return columns
 
 
 def _deal_values_sql(custom: list[str], bounded: bool) -> str:
@@ -224,15 +267,10 @@ def load_deal_columns(mirror: MirrorReader, config: RulesConfig,
     """
     names = wanted_fields(config)[0]
     custom, _ = _custom_sql(names)
-    row = _deal_row(config)
-    sql, params = _deal_sql(config, bounded=id_range is not None)
-    cursor = mirror.db.execute(sql, [*params, *(id_range or ())])
-    parts = [np.array(batch, dtype=row) for batch in iter(lambda: cursor.fetchmany(_BATCH), [])]
-    rows = np.concatenate(parts) if parts else np.zeros(0, dtype=row)
-    del parts
-    ids = rows["id"].copy()
-    packed = rows["packed"]
-    flags = (packed >> _FLAGS_SHIFT) & 3
+    after, upto = id_range or _id_bounds(mirror.db)
+    scan = _scan_deals(mirror.db, config, after, upto)
+    ids, packed = scan["id"], scan["packed"]
+    flags = (packed >> _FLAGS_SHIFT) & 7
     odd = _texts_of(mirror.db, _MOMENT, ids[(flags & _ODD_MOMENT) != 0])
     currency_of = _texts_of(mirror.db, "currency", ids[(flags & _OTHER_CURRENCY) != 0])
     currency = Codes()
@@ -240,18 +278,36 @@ def load_deal_columns(mirror: MirrorReader, config: RulesConfig,
     if currency_of:
         at = np.searchsorted(ids, list(currency_of))
         currencies[at] = currency.encode(list(currency_of.values()))
-    company = (rows["company"].copy() if config.customer.kind == "company"
+    company = (scan["company"] if config.customer.kind == "company"
                else np.full(len(ids), -1, dtype=np.int64))
     return DealColumns(
-        id=ids, contact_id=rows["contact"].copy(), company_id=company,
-        status=((packed & _STATUS_BITS) - 1).astype(np.int8), amount=rows["amount"].copy(),
+        id=ids, contact_id=scan["contact"], company_id=company,
+        status=((packed & _STATUS_BITS) - 1).astype(np.int8),
+        amount=_amounts(mirror.db, scan, (flags & _ODD_AMOUNT) != 0),
         currency=currencies, currencies=currency.names(),
         category=((packed >> _CATEGORY_SHIFT) - 1).astype(np.int32),
         categories=tuple(config.purchases.categories),
-        moment=_moments(rows["seconds"].copy(), odd, ids),
+        moment=_moments(scan["seconds"], odd, ids),
         deleted=(packed & _DELETED_BIT) != 0,
         fields=_deal_fields(mirror.db, names, custom, id_range),
     )
+
+
+def _id_bounds(db: Database) -> tuple[int, int]:
+    low, high = db.execute("select min(id), max(id) from deals").fetchone()
+    return ((low or 0) - 1, high or 0)
+
+
+def _amounts(db: Database, scan: dict[str, IntArray], odd: npt.NDArray[np.bool_]
+             ) -> npt.NDArray[np.float64]:
+    """The exact amounts: whole part + fraction (both exact in float64), and the odd
+    ones (see ``_amount_sql``) as stored."""
+    amount = scan["whole"].astype(np.float64) + scan["fraction"] * (1 / _FRACTION_SCALE)
+    exact = _texts_of(db, "coalesce(amount, 0.0)", scan["id"][odd])
+    if exact:
+        at = np.searchsorted(scan["id"], list(exact))
+        amount[at] = np.array(list(exact.values()), dtype=np.float64)
+    return amount
 
 
 def _texts(array: str | None) -> list[str]:

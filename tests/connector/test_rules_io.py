@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from shop_rows import AS_OF, LATER, company, contact, deal, many_buyers, write
 
 from connector import ledger_digest, rules_io, rules_read, rules_rows, rules_stage, rules_store
@@ -435,7 +437,8 @@ def test_the_rules_scans_read_the_narrow_covering_indexes(kind: str) -> None:
     config = RICH.model_copy(update={"customer": CustomerConfig(kind=kind)})
     custom, _ = rules_read._custom_sql(wanted_fields(config)[0])
     deal_sql, params = rules_read._deal_sql(config)
-    for sql, args in ((deal_sql, params), (rules_read._deal_values_sql(custom, False), custom)):
+    for sql, args in ((deal_sql, [*params, 0, 100]),
+                      (rules_read._deal_values_sql(custom, False), custom)):
         plan = " ".join(row[3] for row in mirror.db.execute(f"explain query plan {sql}",
                                                             args).fetchall())
         assert "USING COVERING INDEX deals_rules_scan" in plan, sql
@@ -510,3 +513,22 @@ def test_absent_values_are_stored_as_sql_null(staged: bool, tmp_path: Path,
                                                      "expected_purchases", "predicted_clv"}
             nulls_seen += want
     assert nulls_seen > 10  # prospects' RFM and dates, expiries' deal and tier
+
+
+AMOUNTS = st.one_of(st.floats(allow_nan=False), st.floats(-1e7, 1e7),
+                    st.integers(-10**9, 10**9).map(lambda k: k / 100),
+                    st.sampled_from([0.0, -0.0, 1e-300, 2.0**-10, 2.0**-11, 2.0**53,
+                                     2.0**53 - 1, 0.1, 1e21, float("inf")]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(AMOUNTS, min_size=1, max_size=40))
+def test_the_deal_scan_reads_every_amount_exactly(amounts: list[float]) -> None:
+    # amounts travel as a whole part and a scaled fraction, or as stored when that is
+    # not exact: either way the float read is the float stored, bit for bit
+    mirror = Mirror.memory()
+    write(mirror, "deals", [deal(i, 1, "2025-01-15T12:00:00+03:00", a)
+                            for i, a in enumerate(amounts, start=1)])
+    stored = [row[0] for row in mirror.db.execute("select amount from deals order by id")]
+    read = rules_read.load_deal_columns(mirror, RulesConfig()).amount.tolist()
+    assert [float(a).hex() for a in stored] == [a.hex() for a in read]
