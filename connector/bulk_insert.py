@@ -18,6 +18,7 @@ from typing import Any
 __all__ = ["insert_columns"]
 
 _ROWS_PER_STATEMENT = 64
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
 _VALUES = re.compile(r"^(?P<head>insert\b.*?\bvalues\s+)(?P<row>\(.*\))\s*$", re.I | re.S)
 
 
@@ -29,7 +30,7 @@ def _variable_limit() -> int:
 def _grouped(one_row_sql: str) -> tuple[str, int, int]:
     """(the k-row statement, k, parameters per row) for a one-row INSERT ... VALUES."""
     match = _VALUES.match(one_row_sql)
-    width = one_row_sql.count("?")
+    width = _LITERAL.sub("", one_row_sql).count("?")  # a "?" inside a literal is text
     if match is None or width == 0:
         raise ValueError(f"not a one-row INSERT ... VALUES (...): {one_row_sql!r}")
     per = max(1, min(_ROWS_PER_STATEMENT, _variable_limit() // width))

@@ -19,7 +19,7 @@ from sqlite_utils import Database
 
 from connector.bulk_insert import insert_columns
 from connector.ledger_digest import DIGEST_INSERT, digest_parts
-from rules.ledger_rows import LedgerRows, entry_fingerprint, fingerprints
+from rules.ledger_rows import EXTRA, LedgerRows, entry_fingerprint, expiry_reason, fingerprints
 from rules.models import CustomerState, LedgerEntry, Metrics, RowSequence, RulesResult
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "ledger_insert",
     "state_columns",
     "state_insert",
+    "vector_ledger_insert",
     "write_ledger",
 ]
 
@@ -46,6 +47,7 @@ _LEDGER_FIELDS = ["entry_key", "customer_id", "kind", "deal_id", "points", "at",
 # Python's sqlite3 binds a float in ~45 ns where it spends ~460 ns on None (it looks for
 # an adapter first).  A million states and millions of ledger rows hold millions of them.
 NULL = float("nan")
+_JULIAN_DAY_OF_ORDINAL_0 = 1721424.5  # date.fromordinal(1), 0001-01-01, is Julian day 1721425.5
 
 
 def _columns(rows: Sequence[Any], lo: int, hi: int) -> dict[str, list[Any]]:
@@ -120,19 +122,68 @@ def ledger_fingerprints(entries: Sequence[LedgerEntry], view: LedgerRows | None,
 
 
 def ledger_columns(entries: Sequence[LedgerEntry], view: LedgerRows | None, lo: int = 0,
-                   hi: int | None = None, prints: npt.NDArray[np.int64] | None = None
-                   ) -> Iterator[list[list[Any]]]:
-    """``points_ledger`` columns of entries lo:hi (kind left out), a chunk at a time.
+                   hi: int | None = None, prints: npt.NDArray[np.int64] | None = None,
+                   kind: str = "contact") -> Iterator[tuple[str, list[list[Any]]]]:
+    """``points_ledger`` INSERTs for entries lo:hi and their columns, a chunk at a time.
 
     ``view`` is the columnar form the engine built ``entries`` from (None for plain
     entries); ``prints`` are the fingerprints of entries lo:hi when the caller has them.
+    With a view, earns and expiries go as numbers through ``vector_ledger_insert`` and
+    only the other entries as the texts they hold.
     """
     stop = len(entries) if hi is None else hi
+    vector_sql = vector_ledger_insert(kind, view) if view is not None else None
     for start in range(lo, stop, _BATCH):
         end = min(start + _BATCH, stop)
-        known = (prints[start - lo:end - lo].tolist() if prints is not None
-                 else ledger_fingerprints(entries, view, start, end))
-        yield ledger_column_list(_columns(entries, start, end), known)
+        known = (prints[start - lo:end - lo] if prints is not None
+                 else np.array(ledger_fingerprints(entries, view, start, end), dtype=np.int64))
+        if view is None or vector_sql is None:
+            yield ledger_insert(kind), ledger_column_list(_columns(entries, start, end),
+                                                          known.tolist())
+            continue
+        at = np.arange(start, end, dtype=np.int64)
+        vector = view.source[start:end] != EXTRA
+        if vector.any():
+            yield vector_sql, _vector_columns(view.numbers(at[vector]), known[vector].tolist())
+        if not vector.all():
+            yield ledger_insert(kind), ledger_column_list(view.columns_at(at[~vector], NULL),
+                                                          known[~vector].tolist())
+
+
+def _vector_columns(numbers: Mapping[str, npt.NDArray[np.int64]], prints: list[int]
+                    ) -> list[list[Any]]:
+    """``vector_ledger_insert``'s parameters, column by column."""
+    expiry, deal = numbers["expiry"].tolist(), numbers["deal_id"].tolist()
+    reason = numbers["reason"].tolist()
+    return [expiry, deal, numbers["customer_id"].tolist(), expiry, expiry, deal,
+            numbers["points"].tolist(), numbers["day"].tolist(), reason, reason, prints]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def vector_ledger_insert(kind: str, view: LedgerRows) -> str | None:
+    """The INSERT that builds earn and expiry rows from ``LedgerRows.numbers``, or None
+    when a tier name or reason cannot be an SQL literal (it holds a NUL).
+
+    At millions of rows, building the key, date and reason texts in Python and binding
+    them cost more than the insert itself; SQLite builds them in C from a few integers
+    (``date()`` of the Julian day of the ordinal), and the tier names and reasons are
+    literals chosen by a CASE.
+    """
+    expired = expiry_reason(view.expiry_days)
+    if any("\x00" in text for text in (*view.tier_names, *view.reasons, expired)):
+        return None
+    tiers = " ".join(f"when {code} then {_literal(view.tier_names[code >> 1])}"
+                     for code in range(len(view.reasons)))
+    reasons = " ".join(f"when {code} then {_literal(text)}"
+                       for code, text in enumerate(view.reasons))
+    head = ledger_insert(kind).split(" values ")[0]
+    return (f"{head} values ((case ? when 0 then 'earn:deal:' else 'expire:earn:deal:' end) "
+            "|| ?, ?, case ? when 0 then 'earn' else 'expire' end, case ? when 0 then ? end, "
+            f"?, date(? + {_JULIAN_DAY_OF_ORDINAL_0}), case ? {tiers} end, "
+            f"case ? {reasons} else {_literal(expired)} end, ?, '{kind}')")
 
 
 def write_ledger(conn: sqlite3.Connection, entries: Sequence[LedgerEntry],
@@ -142,8 +193,8 @@ def write_ledger(conn: sqlite3.Connection, entries: Sequence[LedgerEntry],
     parts, into ``conn``'s main database; each fingerprint is computed once, for both."""
     stop = len(entries) if hi is None else hi
     prints = None if view is None else fingerprints(view, np.arange(lo, stop, dtype=np.int64))
-    for columns in ledger_columns(entries, view, lo, stop, prints):
-        insert_columns(conn, ledger_insert(kind), columns)
+    for sql, columns in ledger_columns(entries, view, lo, stop, prints, kind):
+        insert_columns(conn, sql, columns)
     if view is not None:
         conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
                                          in digest_parts(view, lo, stop, prints)))

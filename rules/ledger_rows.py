@@ -108,6 +108,28 @@ class LedgerRows:
         """The entries at these positions, field by field (a changed few, say)."""
         return self._columns_of(self.source[entries], self.index[entries], missing)
 
+    def numbers(self, entries: IntArray) -> dict[str, IntArray]:
+        """Vector earns and expiries (only) at these positions, as numbers: what a writer
+        that builds their texts itself needs.
+
+        ``expiry`` is 0 for an earn and 1 for an expiry, ``points`` and ``day`` are the
+        entry's own (an expiry's negated and shifted), and ``reason`` indexes ``reasons``
+        for an earn (its tier is ``tier_names[reason >> 1]``) and is -1 for an expiry
+        (reason ``expiry_reason(expiry_days)``, no tier, no deal).
+        """
+        pos = self.index[entries]
+        earn = self.source[entries] == EARN
+        points = self.points[pos]
+        return {
+            "customer_id": self.customer_ids[self.cust[pos]],
+            "expiry": (~earn).astype(np.int64),
+            "deal_id": self.deal_id[pos],
+            "points": np.where(earn, points, -points),
+            "day": self.day[pos] + np.where(earn, 0, self.expiry_days),
+            "reason": np.where(earn, self.tier[pos].astype(np.int64) * 2 + self.birthday[pos],
+                               -1),
+        }
+
     def _columns_of(self, src: npt.NDArray[np.int8], idx: IntArray, missing: Any
                     ) -> dict[str, list[Any]]:
         pos = np.where(src == EXTRA, 0, idx)  # extras index the extras, not the purchases

@@ -55,3 +55,11 @@ def test_columns_must_match_the_statement_and_each_other() -> None:
         insert_columns(table(), SQL, [[1]])
     with pytest.raises(ValueError, match="different lengths"):
         insert_columns(table(), SQL, [[1, 2], ["x"]])
+
+
+def test_a_question_mark_inside_a_literal_is_text() -> None:
+    conn = table()
+    sql = "insert into t (a, b, c) values (?, ?, 'why? it''s ?')"
+    assert insert_columns(conn, sql, [[1, 2], ["x", "y"]]) == 2
+    assert conn.execute("select a, b, c from t order by rowid").fetchall() == [
+        (1, "x", "why? it's ?"), (2, "y", "why? it's ?")]
