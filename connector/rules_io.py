@@ -30,6 +30,7 @@ from connector.mirror import Mirror
 from connector.parallel import can_fork, start_forked
 from connector.rules_read import (
     batched_rows,
+    deal_id_bounds,
     load_columns,
     load_deal_columns,
     load_record_columns,
@@ -184,11 +185,10 @@ def _load_all(mirror: Mirror, config: RulesConfig, kind: str) -> _Inputs:
     started = time.perf_counter()
     records = start_forked(partial(_read_records, path, config), "reading contacts")
     ledger = start_forked(partial(_read_ledger, path, kind), "reading the stored ledger")
-    low, high = mirror.db.execute("select min(id), max(id) from deals").fetchone()
-    middle = ((low or 0) + (high or 0)) // 2  # ids are dense enough: about half the rows
-    upper = start_forked(partial(_read_deals, path, config, (middle, high or 0)),
-                         "reading deals")
-    deals = load_deal_columns(mirror, config, ((low or 0) - 1, middle))
+    after, upto = deal_id_bounds(mirror.db)
+    middle = (after + 1 + upto) // 2  # ids are dense enough: about half the rows
+    upper = start_forked(partial(_read_deals, path, config, (middle, upto)), "reading deals")
+    deals = load_deal_columns(mirror, config, (after, middle))
     scanned = time.perf_counter()
     deals = concat_deal_columns(deals, upper.result())
     contacts, companies = records.result()

@@ -42,6 +42,7 @@ from rules.config import RulesConfig
 __all__ = [
     "MirrorReader",
     "batched_rows",
+    "deal_id_bounds",
     "load_columns",
     "load_deal_columns",
     "load_record_columns",
@@ -267,7 +268,7 @@ def load_deal_columns(mirror: MirrorReader, config: RulesConfig,
     """
     names = wanted_fields(config)[0]
     custom, _ = _custom_sql(names)
-    after, upto = id_range or _id_bounds(mirror.db)
+    after, upto = id_range or deal_id_bounds(mirror.db)
     scan = _scan_deals(mirror.db, config, after, upto)
     ids, packed = scan["id"], scan["packed"]
     flags = (packed >> _FLAGS_SHIFT) & 7
@@ -293,8 +294,12 @@ def load_deal_columns(mirror: MirrorReader, config: RulesConfig,
     )
 
 
-def _id_bounds(db: Database) -> tuple[int, int]:
-    low, high = db.execute("select min(id), max(id) from deals").fetchone()
+def deal_id_bounds(db: Database) -> tuple[int, int]:
+    """(one below the lowest deal id, the highest): the id range of every deal."""
+    # two subqueries: SQLite reads min() or max() alone off the key, both together by a
+    # scan of every row (about a second at five million deals)
+    low, high = db.execute("select (select min(id) from deals), "
+                           "(select max(id) from deals)").fetchone()
     return ((low or 0) - 1, high or 0)
 
 
