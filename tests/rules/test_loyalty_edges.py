@@ -70,10 +70,11 @@ def test_points_expire_on_the_day_credit_day_plus_expiry_days(as_of_day: date,
     assert expiries == ([] if balance else [("expire:earn:deal:1", -30, date(2025, 3, 1))])
 
 
-@pytest.mark.parametrize("deal_high", [10**6, 2**61])
+@pytest.mark.parametrize("deal_high", [10**6, 2**55, 2**61])
 def test_packed_entry_order_equals_the_five_key_lexsort(deal_high: int) -> None:
-    """The two-key packing must order exactly as (row, day, phase, deal, sub) would,
-    and fall back to the plain lexsort when a deal id is too large to pack."""
+    """The one-key packing (small ids), the two-key one (deal ids too wide for one key)
+    and the plain lexsort (too wide for two) must all order exactly as (row, day, phase,
+    deal, sub) would."""
     from itertools import pairwise
 
     from rules.ledger_order import entry_order
