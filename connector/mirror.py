@@ -32,13 +32,11 @@ from connector.errors import MirrorError
 
 __all__ = [
     "ENTITY_TABLES",
-    "LEDGER_OTHERS",
     "RULES_SCAN_INDEXES",
     "Mirror",
     "Reject",
     "SyncState",
     "custom_fields_of",
-    "index_sql",
     "table_sql",
 ]
 
@@ -53,13 +51,6 @@ def table_sql(db: Database, table: str) -> str:
     """The CREATE TABLE statement of ``table``, as SQLite keeps it."""
     return str(db.execute("select sql from sqlite_master where type = 'table' and name = ?",
                           [table]).fetchone()[0])
-
-
-def index_sql(db: Database, table: str) -> list[str]:
-    """The CREATE INDEX statements of ``table``'s own indexes (not its key's)."""
-    rows = db.execute("select sql from sqlite_master where type = 'index' and tbl_name = ? "
-                      "and sql is not null order by name", [table]).fetchall()
-    return [str(row[0]) for row in rows]
 
 
 @migrations()
@@ -223,24 +214,6 @@ def m007_ledger_keyed_by_kind(db: Database) -> None:
                "order by customer_kind, customer_id, entry_key")
     db.execute("drop table points_ledger")
     db.execute("alter table points_ledger_keyed rename to points_ledger")
-
-
-# What a recompute reads in full from the stored ledger besides its digest: the entries
-# that are neither earns nor expiries (about 3 % of them at the bench's scale).
-LEDGER_OTHERS = "kind in ('bonus', 'redeem', 'reversal')"
-
-
-@migrations()
-def m008_ledger_others_index(db: Database) -> None:
-    """A partial covering index of the ledger's bonus, redemption and reversal rows.
-
-    Without it, reading them meant scanning the whole ledger: 2.8 s at the bench's
-    6.5 M rows for 218 k of them.  Earns and expiries, nearly every row, are not in it;
-    it holds every column the read needs, so the rows are never looked up.
-    """
-    db.execute("create index points_ledger_others on points_ledger (customer_kind, "
-               "customer_id, entry_key, kind, deal_id, points, at, tier_at_purchase, reason) "
-               f"where {LEDGER_OTHERS}")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from connector.bulk_insert import insert_columns
 from connector.errors import MirrorError
 from connector.ledger_delta import ledger_delta
 from connector.ledger_digest import DIGEST_INSERT, digest_parts, part_boundary
-from connector.mirror import Mirror, index_sql, table_sql
+from connector.mirror import Mirror, table_sql
 from connector.parallel import Forked, start_forked
 from connector.rules_rows import (
     NULL,
@@ -88,14 +88,9 @@ class _Staged:
     stale: int = 0
 
 
-def _ledger_ddl(db: Database) -> list[str]:
-    """The ledger's tables and indexes as the mirror defines them, for a staging file.
-
-    The same indexes: ``INSERT … SELECT`` copies records (and index entries) without
-    decoding them only when every index of the target has its twin in the source.
-    """
-    return [table_sql(db, "points_ledger"), *index_sql(db, "points_ledger"),
-            table_sql(db, "points_ledger_digest")]
+def _ledger_ddl(db: Database) -> tuple[str, str]:
+    """The ledger's tables as the mirror defines them, for a staging file."""
+    return table_sql(db, "points_ledger"), table_sql(db, "points_ledger_digest")
 
 
 def _create(stage: Path, *ddl: str) -> None:

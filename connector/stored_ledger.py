@@ -19,7 +19,7 @@ import numpy.typing as npt
 from sqlite_utils import Database
 
 from connector.ledger_digest import Digest, read_digest
-from connector.mirror import LEDGER_OTHERS, Mirror
+from connector.mirror import Mirror
 from rules.columns import PreviousLedger
 from rules.models import LedgerEntry, LedgerKind
 
@@ -109,11 +109,9 @@ def read_stored(mirror: _HasDb, kind: str) -> StoredLedger:
     """The stored ``kind`` ledger's numbers (from its digest if it fits) and the non-earn
     entries in full."""
     numbers = read_digest(mirror.db, kind) or _scan_numbers(mirror.db, kind)
-    # Without statistics SQLite would rather range-scan the primary key by kind: the
-    # whole ledger.  INDEXED BY also fails loudly should the index ever be missing.
     others = mirror.db.execute(
-        f"select {_COLUMNS} from points_ledger indexed by points_ledger_others "
-        f"where customer_kind = ? and {LEDGER_OTHERS}", [kind]).fetchall()
+        f"select {_COLUMNS} from points_ledger where customer_kind = ? "
+        "and kind in ('bonus', 'redeem', 'reversal')", [kind]).fetchall()
     return StoredLedger(numbers.customers, numbers.fingerprints, numbers.earn_customers,
                         numbers.earn_deals, numbers.earn_points, [_entry(r) for r in others],
                         kind)

@@ -18,17 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shop_rows import AS_OF, LATER, company, contact, deal, many_buyers, write
 
-from connector import (
-    ledger_digest,
-    rules_io,
-    rules_read,
-    rules_rows,
-    rules_stage,
-    rules_store,
-    stored_ledger,
-)
+from connector import ledger_digest, rules_io, rules_read, rules_rows, rules_stage, rules_store
 from connector.errors import MirrorError
-from connector.mirror import LEDGER_OTHERS, Mirror, SyncState
+from connector.mirror import Mirror, SyncState
 from connector.parallel import can_fork
 from connector.rules_io import load_inputs, run_rules
 from rules.columns import reachability, wanted_fields
@@ -450,10 +442,6 @@ def test_the_rules_scans_read_the_narrow_covering_indexes(kind: str) -> None:
         plan = " ".join(row[3] for row in mirror.db.execute(f"explain query plan {sql}",
                                                             args).fetchall())
         assert "USING COVERING INDEX deals_rules_scan" in plan, sql
-    others = (f"select {stored_ledger._COLUMNS} from points_ledger indexed by "
-              f"points_ledger_others where customer_kind = 'contact' and {LEDGER_OTHERS}")
-    plan = " ".join(row[3] for row in mirror.db.execute(f"explain query plan {others}"))
-    assert "USING COVERING INDEX points_ledger_others" in plan
     contacts_sql = rules_read._record_sql("contacts")
     plan = " ".join(row[3] for row in mirror.db.execute(
         f"explain query plan {contacts_sql}").fetchall())
