@@ -4,9 +4,9 @@ A million contacts and five million deals never exist as Python objects: each sc
 selects a few numbers per row (computed in SQL where SQLite can: UTC seconds, packed
 status codes) and fills numpy arrays; the rare text a rule needs comes from a second
 look at only the rows flagged for it.  A contact's phones and emails are decided by a
-pattern on their JSON text, run in C over a whole batch, and only the rest are parsed.  Rows are
-read with plain ``db.execute`` cursors — sqlite-utils row dicts cost several times more
-per row.  Column conventions are ``rules.columns``'.
+pattern on their JSON text, run in C over a whole batch, and only the rest are parsed.
+Rows are read with plain ``db.execute`` cursors — sqlite-utils row dicts cost several
+times more per row.  Column conventions are ``rules.columns``'.
 """
 
 from __future__ import annotations
@@ -177,22 +177,22 @@ def _packed_sql(config: RulesConfig) -> tuple[str, list[Any]]:
     return sql, [config.purchases.currency, *cats]
 
 
-def _deal_columns(config: RulesConfig) -> list[str]:
-    """The scan's columns, by name: each an SQL expression that is never NULL."""
-    company = ["coalesce(company_id, -1) as company"] if config.customer.kind == "company" else []
+def _deal_columns(config: RulesConfig) -> dict[str, str]:
+    """The scan's columns: name -> an SQL expression that is never NULL."""
     whole, fraction, _ = _amount_sql()
-    return ["id", "coalesce(contact_id, -1) as contact", *company, f"{whole} as whole",
-            f"{fraction} as fraction", f"{_moment_sql(_MOMENT)[0]} as seconds",
-            f"{_packed_sql(config)[0]} as packed"]
+    company = {"company": "coalesce(company_id, -1)"} if config.customer.kind == "company" else {}
+    return {"id": "id", "contact": "coalesce(contact_id, -1)", **company, "whole": whole,
+            "fraction": fraction, "seconds": _moment_sql(_MOMENT)[0],
+            "packed": _packed_sql(config)[0]}
 
 
 def _deal_sql(config: RulesConfig) -> tuple[str, list[Any]]:
     """The deal scan of ids in (?, ?]: the row count, then each column as one text."""
     columns = _deal_columns(config)
-    names = [c.rsplit(" as ", 1)[-1] for c in columns]
+    inner = ", ".join(f"{sql} as {name}" for name, sql in columns.items())
     # group_concat skips NULLs: every column is coalesced, and the count checks it
-    sql = (f"select count(*), {', '.join(f'group_concat({n})' for n in names)} from "
-           f"(select {', '.join(columns)} from deals where id > ? and id <= ? order by id)")
+    sql = (f"select count(*), {', '.join(f'group_concat({n})' for n in columns)} from "
+           f"(select {inner} from deals where id > ? and id <= ? order by id)")
     return sql, _packed_sql(config)[1]
 
 
@@ -200,7 +200,7 @@ def _scan_deals(db: Database, config: RulesConfig, after: int, upto: int
                 ) -> dict[str, IntArray]:
     """The deal scan's columns for ids in (after, upto], in id order."""
     sql, params = _deal_sql(config)
-    names = [c.rsplit(" as ", 1)[-1] for c in _deal_columns(config)]
+    names = list(_deal_columns(config))
     parts: list[list[IntArray]] = []
     for lo in range(after, upto, _SCAN_IDS):
         count, *texts = db.execute(sql, [*params, lo, min(lo + _SCAN_IDS, upto)]).fetchone()
