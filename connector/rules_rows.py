@@ -121,10 +121,12 @@ def ledger_fingerprints(entries: Sequence[LedgerEntry], view: LedgerRows | None,
     return [entry_fingerprint(e) for e in entries[lo:hi]]
 
 
-def ledger_columns(entries: Sequence[LedgerEntry], view: LedgerRows | None, lo: int = 0,
-                   hi: int | None = None, prints: npt.NDArray[np.int64] | None = None,
-                   kind: str = "contact") -> Iterator[tuple[str, list[list[Any]]]]:
-    """``points_ledger`` INSERTs for entries lo:hi and their columns, a chunk at a time.
+def ledger_columns(entries: Sequence[LedgerEntry], view: LedgerRows | None, kind: str,
+                   lo: int = 0, hi: int | None = None,
+                   prints: npt.NDArray[np.int64] | None = None
+                   ) -> Iterator[tuple[str, list[list[Any]]]]:
+    """``points_ledger`` INSERTs of ``kind`` customers' entries lo:hi and their columns,
+    a chunk at a time.
 
     ``view`` is the columnar form the engine built ``entries`` from (None for plain
     entries); ``prints`` are the fingerprints of entries lo:hi when the caller has them.
@@ -193,7 +195,7 @@ def write_ledger(conn: sqlite3.Connection, entries: Sequence[LedgerEntry],
     parts, into ``conn``'s main database; each fingerprint is computed once, for both."""
     stop = len(entries) if hi is None else hi
     prints = None if view is None else fingerprints(view, np.arange(lo, stop, dtype=np.int64))
-    for sql, columns in ledger_columns(entries, view, lo, stop, prints, kind):
+    for sql, columns in ledger_columns(entries, view, kind, lo, stop, prints):
         insert_columns(conn, sql, columns)
     if view is not None:
         conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
