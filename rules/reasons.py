@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from operator import is_not
 
 import numpy as np
 import numpy.typing as npt
@@ -104,9 +105,10 @@ def churn_reason_column(signals: ChurnSignals, lo: int, hi: int, cfg: ChurnConfi
     room = buyer & (p_alive < 0.5) & (shown.sum(axis=1) < cfg.max_reasons)
     model[room] = _model_texts(p_alive[room])
     columns.append(model.tolist())
-    # Texts are never empty, so filter(None, ...) drops exactly the Nones — per row in C,
-    # where a generator per row cost more than the texts (a million rows per run).
-    return list(map(tuple, map(partial(filter, None), zip(*columns, strict=True))))
+    # The Nones dropped per row in C, where a generator per row cost more than the texts
+    # (a million rows per run).
+    present = partial(filter, partial(is_not, None))
+    return list(map(tuple, map(present, zip(*columns, strict=True))))
 
 
 def churn_reasons(signals: ChurnSignals, row: int, cfg: ChurnConfig,
