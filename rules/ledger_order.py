@@ -28,10 +28,20 @@ from rules.models import LedgerEntry
 __all__ = ["break_ties_by_entry_key", "entry_order", "extra_sort_key", "rank_extras"]
 
 
+_EARN_EXPIRY = "expire:earn:deal:"
+
+
 def extra_sort_key(entry: LedgerEntry) -> tuple[int, int, int]:
-    """(phase, deal id or -1, sub) of an entry built outside the earn columns."""
+    """(phase, deal id or -1, sub) of an entry built outside the earn columns.
+
+    An earn's expiry has no deal id, but sorts by its earn's deal, as the expiries
+    built as columns do; other expiries (of bonuses) come first.
+    """
     deal = entry.deal_id if entry.deal_id is not None else -1
     if entry.kind == "expire":
+        tail = entry.entry_key[len(_EARN_EXPIRY):]
+        if entry.entry_key.startswith(_EARN_EXPIRY) and tail.isdigit():
+            deal = int(tail)
         return PHASE_EXPIRE, deal, 0
     if entry.kind == "reversal":
         return PHASE_REVERSAL, deal, 0

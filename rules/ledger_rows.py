@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
 from functools import lru_cache
 from operator import attrgetter
@@ -62,7 +62,9 @@ class LedgerRows:
     """Everything needed to build ledger entry ``i`` (``source[i]``, ``index[i]``).
 
     ``cust``/``day``/``deal_id`` are the purchase columns (earns and their expiries
-    index them); ``reasons[tier * 2 + birthday]`` is an earn's reason text.
+    index them); ``reasons[tier * 2 + birthday]`` is an earn's reason text.  An expiry
+    takes the whole earn, except at the purchases ``lot_pos`` (ascending), whose lots
+    lost only ``lot_lost`` to expiry (the rest was spent first).
     """
 
     source: npt.NDArray[np.int8]
@@ -78,6 +80,8 @@ class LedgerRows:
     reasons: tuple[str, ...]
     expiry_days: int
     extras: Sequence[LedgerEntry]
+    lot_pos: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    lot_lost: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.source)
@@ -87,7 +91,8 @@ class LedgerRows:
         kind, pos = int(self.source[i]), int(self.index[i])
         if kind == EXTRA:
             return self.extras[pos]
-        deal, points = int(self.deal_id[pos]), int(self.points[pos])
+        deal = int(self.deal_id[pos])
+        points = int(self.signed_points(np.array([pos]), np.array([kind == EARN]))[0])
         customer = int(self.customer_ids[self.cust[pos]])
         day = date.fromordinal(int(self.day[pos]))
         if kind == EARN:
@@ -95,7 +100,7 @@ class LedgerRows:
             return LedgerEntry(customer, "earn", deal, points, day, self.tier_names[tier],
                                self.reasons[tier * 2 + int(self.birthday[pos])],
                                f"earn:deal:{deal}")
-        return LedgerEntry(customer, "expire", None, -points,
+        return LedgerEntry(customer, "expire", None, points,
                            day + timedelta(days=self.expiry_days), None, self._expired(),
                            f"expire:earn:deal:{deal}")
 
@@ -119,16 +124,25 @@ class LedgerRows:
         """
         pos = self.index[entries]
         earn = self.source[entries] == EARN
-        points = self.points[pos]
         return {
             "customer_id": self.customer_ids[self.cust[pos]],
             "expiry": (~earn).astype(np.int64),
             "deal_id": self.deal_id[pos],
-            "points": np.where(earn, points, -points),
+            "points": self.signed_points(pos, earn),
             "day": self.day[pos] + np.where(earn, 0, self.expiry_days),
             "reason": np.where(earn, self.tier[pos].astype(np.int64) * 2 + self.birthday[pos],
                                -1),
         }
+
+    def signed_points(self, pos: IntArray, earn: BoolArray) -> IntArray:
+        """Points of vector entries at purchases ``pos``: an earn's, or minus what its
+        lot lost to expiry."""
+        points = self.points[pos]
+        if len(self.lot_pos) and len(pos):
+            at = np.minimum(np.searchsorted(self.lot_pos, pos), len(self.lot_pos) - 1)
+            partial = ~earn & (self.lot_pos[at] == pos)
+            points = np.where(partial, self.lot_lost[at], points)
+        return np.where(earn, points, -points)
 
     def _columns_of(self, src: npt.NDArray[np.int8], idx: IntArray, missing: Any
                     ) -> dict[str, list[Any]]:
@@ -136,7 +150,10 @@ class LedgerRows:
             return self._extra_columns(idx, missing)
         pos = np.where(src == EXTRA, 0, idx)  # extras index the extras, not the purchases
         earn = (src == EARN).tolist()
-        deal, points = self._take(self.deal_id, pos).tolist(), self._take(self.points, pos)
+        deal = self._take(self.deal_id, pos).tolist()
+        # extras' points are placeholders too, overwritten below
+        points = (self.signed_points(pos, src == EARN) if len(self.points)
+                  else np.zeros(len(pos), dtype=np.int64))
         shift = np.where(src == EXPIRY, self.expiry_days, 0)
         # extras get a placeholder day (1) until their own values overwrite the row
         day = np.where(src == EXTRA, 1, self._take(self.day, pos) + shift).tolist()
@@ -147,7 +164,7 @@ class LedgerRows:
             "customer_id": self.customer_ids[self._take(self.cust, pos)].tolist(),
             "kind": ["earn" if e else "expire" for e in earn],
             "deal_id": [d if e else missing for d, e in zip(deal, earn, strict=True)],
-            "points": np.where(src == EARN, points, -points).tolist(),
+            "points": points.tolist(),
             "at": list(map(_Dates().__getitem__, day)),
             "tier_at_purchase": [names[r >> 1] if e else missing
                                  for r, e in zip(reason, earn, strict=True)],
@@ -284,8 +301,7 @@ def _vector_fields(view: LedgerRows, entries: IntArray) -> Iterator[npt.NDArray[
     yield deal
     yield np.where(earn, KINDS.index("earn"), KINDS.index("expire"))
     yield np.where(earn, deal, -1)
-    points = view.points[pos]
-    yield np.where(earn, points, -points)
+    yield view.signed_points(pos, earn)
     yield np.where(earn, day, day + view.expiry_days)
     yield np.where(earn, tiers[tier], np.uint64(0))
     yield np.where(earn, reasons[tier * 2 + view.birthday[pos]],
