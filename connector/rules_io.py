@@ -43,9 +43,10 @@ from connector.stored_ledger import (
     load_previous_ledger,
     read_stored,
 )
+from rules.churn import ModelFit
 from rules.columns import DealColumns, RecordColumns, concat_deal_columns
 from rules.config import RulesConfig
-from rules.engine import Beside, Pending, RunBeside, compute_columns, in_a_thread
+from rules.engine import Pending, RunBeside, compute_columns, in_a_thread
 from rules.models import (
     Company,
     Contact,
@@ -199,20 +200,17 @@ def _load_all(mirror: Mirror, config: RulesConfig, kind: str) -> _Inputs:
 
 
 def _fit_beside() -> RunBeside:
-    """Run the work beside the ledger build (``rules.engine.Beside``: the churn model's
-    fit, the signals, RFM, the metrics) in a forked child where fork works, else in a
-    thread.
+    """Fit the churn model in a forked child where fork works (else in a thread).
 
-    In a thread it shares the interpreter lock with the ledger build, and both slow
-    down; a child process has its own, and the columns come back pickled.
+    In a thread the fit shares the interpreter lock with the ledger build, and both slow
+    down; a child process has its own, and the fitted columns come back pickled.
     """
     if not can_fork():
         return in_a_thread
 
-    def forked(work: Callable[[], Beside]) -> Pending[Beside]:
-        # read early: the work ends before the ledger build, at its memory peak
-        return start_forked(work, "fitting the churn model and scoring churn signals",
-                            read_early=True)
+    def forked(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
+        # read early: the fit ends seconds before the ledger build, at its memory peak
+        return start_forked(fit, "fitting the churn model", read_early=True)
 
     return forked
 

@@ -37,7 +37,7 @@ from rules.history import (
     build_history,
 )
 from rules.loyalty import Ledger, build_ledger
-from rules.metrics import Snapshot, compute_metrics, default_period, with_snapshot
+from rules.metrics import Snapshot, compute_metrics, default_period
 from rules.models import (
     Company,
     Contact,
@@ -45,7 +45,6 @@ from rules.models import (
     CustomerState,
     Deal,
     LedgerEntry,
-    Metrics,
     RowSequence,
     RulesResult,
 )
@@ -53,7 +52,7 @@ from rules.reasons import churn_reason_column, churn_reasons
 from rules.rfm import RfmScores, rfm_scores
 from rules.segments import LIFECYCLES, VALUE_SEGMENTS, channels_of, lifecycle_codes, value_codes
 
-__all__ = ["Beside", "Pending", "RunBeside", "compute", "compute_columns", "in_a_thread"]
+__all__ = ["Pending", "RunBeside", "compute", "compute_columns", "in_a_thread"]
 
 T = TypeVar("T", covariant=True)
 
@@ -231,33 +230,12 @@ class Pending(Protocol[T]):
         """The work's value (its exception, re-raised)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Beside:
-    """What is computed beside the ledger build: every decision that needs the history
-    but not the ledger (the period's metrics still lack the snapshot's parts)."""
-
-    model: ModelFit
-    signals: ChurnSignals
-    rfm: RfmScores
-    metrics: Metrics
+RunBeside = Callable[[Callable[[], ModelFit]], Pending[ModelFit]]
+"""Starts the model fit beside the ledger build: a thread by default; a caller that can
+fork passes a process, so the fit does not share the ledger's interpreter lock."""
 
 
-RunBeside = Callable[[Callable[[], Beside]], Pending[Beside]]
-"""Starts the work beside the ledger build: a thread by default; a caller that can fork
-passes a process, so it does not share the ledger's interpreter lock."""
-
-
-def _beside(history: PurchaseHistory, agg: Aggregates, config: RulesConfig,
-            period: tuple[date, date]) -> Beside:
-    # The fit (~4.6 s at a million customers) is shorter than the ledger build; the
-    # signals, RFM and metrics fill the difference instead of waiting behind the ledger.
-    return Beside(model=fit_models(history, agg, config.model),
-                  signals=churn_signals(history, agg, config.churn),
-                  rfm=rfm_scores(history, config.rfm),
-                  metrics=compute_metrics(history, *period, config.metrics))
-
-
-def in_a_thread(fit: Callable[[], Beside]) -> Pending[Beside]:
+def in_a_thread(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
     """``RunBeside`` with a thread: the default, and the fallback where fork is missing."""
     # The pool lives only as long as the fit: shut down without waiting, the future
     # itself is waited on by the caller.
@@ -269,25 +247,25 @@ def in_a_thread(fit: Callable[[], Beside]) -> Pending[Beside]:
 
 
 def _columns(history: PurchaseHistory, config: RulesConfig, previous_ledger: PreviousLedger,
-             period: tuple[date, date], beside: RunBeside = in_a_thread
-             ) -> tuple[_Columns, Metrics]:
+             beside: RunBeside = in_a_thread) -> _Columns:
     agg = aggregate(history)
-    # The model fit is numpy/scipy work; the ledger build is mostly Python.  On a second
-    # core they overlap.  Both are pure functions of the history: the result never
-    # depends on the timing.
-    started = beside(partial(_beside, history, agg, config, period))
+    # The model fit is numpy/scipy work; the ledger's lot walk is plain Python.  On a
+    # second core they overlap (the fit and its predictions take ~4.6 s at a million
+    # customers).  Both are pure functions of the history: the result never depends on
+    # the timing.
+    fitting = beside(partial(fit_models, history, agg, config.model))
     ledger = build_ledger(history, config.loyalty, previous_ledger)
-    done = started.result()
-    signals, model = done.signals, done.model
-    cols = _Columns(
+    signals = churn_signals(history, agg, config.churn)
+    model = fitting.result()
+    return _Columns(
         history=history, agg=agg,
         lifecycle=lifecycle_codes(agg, history.as_of_day, config.lifecycle),
-        value=value_codes(history, config.value), rfm=done.rfm,
+        value=value_codes(history, config.value),
+        rfm=rfm_scores(history, config.rfm),
         ledger=ledger, signals=signals, model=model,
         # four decimals are all a manager reads; rounded once here, not per row
         churn=np.round(_blend(signals, model, agg, config.model.churn_weight), 4),
     )
-    return cols, done.metrics
 
 
 def compute(contacts: Sequence[Contact], deals: Sequence[Deal], companies: Sequence[Company],
@@ -323,11 +301,10 @@ def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: Reco
     # The raw columns are not needed any more; when the caller passed them without
     # keeping a reference (rules_io does), this frees them before the ledger's peak.
     del contacts, deals, companies
-    period = period or default_period(date.fromordinal(history.as_of_day),
-                                      config.metrics.period_months)
-    cols, metrics = _columns(history, config, PreviousLedger.of(previous_ledger), period,
-                             beside)
-    metrics = with_snapshot(metrics, _snapshot(cols, config))
+    cols = _columns(history, config, PreviousLedger.of(previous_ledger), beside)
+    start, end = period or default_period(date.fromordinal(history.as_of_day),
+                                          config.metrics.period_months)
+    metrics = compute_metrics(history, start, end, config.metrics, _snapshot(cols, config))
     notes = (*history.notes, *cols.ledger.notes, *cols.model.notes)
     states = RowSequence(len(customers), _state_maker(cols, config),
                          _state_columns(cols, config))

@@ -9,7 +9,7 @@ being active at start (first-time buyers + win-backs).  With a period no longer 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
 
 import numpy as np
@@ -18,8 +18,7 @@ from rules.config import MetricsConfig
 from rules.history import IntArray, PurchaseHistory
 from rules.models import CohortRow, Metrics
 
-__all__ = ["Snapshot", "cohort_matrix", "compute_metrics", "default_period", "month_index",
-           "with_snapshot"]
+__all__ = ["Snapshot", "cohort_matrix", "compute_metrics", "default_period", "month_index"]
 
 _EPOCH = date(1970, 1, 1).toordinal()
 
@@ -98,14 +97,6 @@ def _cohort_row(month: int, counts: IntArray, length: int) -> CohortRow:
     size = int(counts[0])
     label = f"{1970 + month // 12:04d}-{month % 12 + 1:02d}"
     return CohortRow(label, size, tuple(float(counts[k]) / size for k in range(length)))
-
-
-def with_snapshot(metrics: Metrics, snapshot: Snapshot) -> Metrics:
-    """``metrics`` with the parts that come from the computed states (``Snapshot``)."""
-    return replace(metrics, predicted_clv=snapshot.predicted_clv,
-                   lifecycle_distribution=snapshot.lifecycle, value_distribution=snapshot.value,
-                   rfm_distribution=snapshot.rfm, tier_distribution=snapshot.tier,
-                   points_liability=snapshot.points_liability)
 
 
 def compute_metrics(history: PurchaseHistory, period_start: date, period_end: date,
