@@ -63,3 +63,21 @@ def test_a_question_mark_inside_a_literal_is_text() -> None:
     assert insert_columns(conn, sql, [[1, 2], ["x", "y"]]) == 2
     assert conn.execute("select a, b, c from t order by rowid").fetchall() == [
         (1, "x", "why? it's ?"), (2, "y", "why? it's ?")]
+
+
+NUMBERED = "insert into t (a, b, c) values (?2, ?1 || '?1', ?1 || ?2)"
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 200])
+def test_numbered_parameters_are_bound_once_and_read_where_used(n: int) -> None:
+    conn = table()
+    assert insert_columns(conn, NUMBERED, [[f"x{i}" for i in range(n)], list(range(n))]) == n
+    assert conn.execute("select a, b, c from t order by rowid").fetchall() == [
+        (i, f"x{i}?1", f"x{i}{i}") for i in range(n)]
+
+
+def test_numbered_parameters_must_not_mix_with_plain_ones_or_skip_a_number() -> None:
+    with pytest.raises(ValueError, match="mixed or missing"):
+        insert_columns(table(), "insert into t (a, b) values (?1, ?)", [[1], [2]])
+    with pytest.raises(ValueError, match="mixed or missing"):
+        insert_columns(table(), "insert into t (a, b) values (?1, ?3)", [[1], [2], [3]])
