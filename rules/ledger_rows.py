@@ -118,7 +118,8 @@ class LedgerRows:
         that builds their texts itself needs.
 
         ``expiry`` is 0 for an earn and 1 for an expiry, ``points`` and ``day`` are the
-        entry's own (an expiry's negated and shifted), and ``reason`` indexes ``reasons``
+        entry's own (an expiry's: minus what its lot lost, on the earn's day shifted by
+        ``expiry_days``; see ``signed_points``), and ``reason`` indexes ``reasons``
         for an earn (its tier is ``tier_names[reason >> 1]``) and is -1 for an expiry
         (reason ``expiry_reason(expiry_days)``, no tier, no deal).
         """
