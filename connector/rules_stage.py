@@ -1,20 +1,25 @@
-"""The staged store of a rules run: one child builds ledger rows while the parent writes.
+"""The staged store of a rules run: one child builds rows while the parent writes.
 
 Turning millions of entries into SQLite rows is Python work that holds the GIL, so on a
-file mirror one forked child (:mod:`connector.parallel`) writes ledger rows into a
-private staging file (mode 0600, journal off: scratch that a crash only loses) while the
-parent, in the one transaction, writes the states straight into the mirror:
+file mirror one forked child (:mod:`connector.parallel`) writes rows into a private
+staging file (mode 0600, journal off: scratch that a crash only loses) while the parent,
+in the one transaction, writes into the mirror:
 
-* with no stored ledger of this customer kind, the child stages the entries after the
-  first ``PARENT_LEDGER_SHARE``, and the parent writes those itself once the states are
-  in — straight into the mirror, so they need no copy;
-* otherwise the child compares the new ledger with the stored one
-  (:mod:`connector.ledger_delta`) and stages only what changed — or nothing, when most
-  of it changed, and the ledger is then rewritten in full as above.
+* with no stored ledger of this customer kind, the child stages the states and then the
+  ledger entries after the first ``PARENT_SHARE_BESIDE_STATES``, while the parent writes
+  those first entries straight into the mirror (they need no copy);
+* otherwise the parent writes the states while the child compares the new ledger with
+  the stored one (:mod:`connector.ledger_delta`) and stages only what changed — or
+  nothing, when most of it changed; the ledger is then rewritten in full, the child
+  staging the entries after the first ``PARENT_LEDGER_SHARE``.
 
 Then the parent copies the staged rows in (delete stale rows, upsert the rest) and
 appends the snapshot.  ``INSERT … SELECT`` from an attached stage copies records
-without decoding them.  Two processes, not more: on two cores a third only added
+without decoding them, and into an empty table (the states of a first run) without even
+searching the b-tree: ~1.2 s for a million states, where writing them takes ~10 s.  That
+is why the child, not the parent, stages the states of a full rewrite: the copy left to
+do alone at the end is then the cheap one (a first run's store at a million customers:
+see bench/RESULTS.md).  Two processes, not more: on two cores a third only added
 contention (the first run's store: 33.7–36.2 s with two ledger children, 26.9–30.0 s
 with one, at similar host speed).
 
@@ -59,9 +64,10 @@ from connector.rules_rows import (
 )
 from connector.stored_ledger import StoredLedger
 from rules.ledger_rows import LedgerRows
-from rules.models import LedgerEntry, RulesResult
+from rules.models import CustomerState, LedgerEntry, RulesResult
 
-__all__ = ["DELTA_MAX_SHARE", "PARENT_LEDGER_SHARE", "store_staged"]
+__all__ = ["DELTA_MAX_SHARE", "PARENT_LEDGER_SHARE", "PARENT_SHARE_BESIDE_STATES",
+           "store_staged"]
 
 log = logging.getLogger("crm_retention.rules")
 IntArray = npt.NDArray[np.int64]
@@ -72,6 +78,8 @@ DELTA_MAX_SHARE = 0.3
 # that it and the child finish together (states ~7 s, ledger ~19 s of CPU at a million
 # customers): its rows go straight into the mirror, with no copy.
 PARENT_LEDGER_SHARE = 0.3
+# The same when the child stages the states first (~10 s of its time at a million).
+PARENT_SHARE_BESIDE_STATES = 0.65
 _CHUNK = 20_000
 _STALE_SQL = ("create table ledger_stale (customer_id integer not null, "
               "fingerprint integer not null)")
@@ -91,6 +99,12 @@ class _Staged:
 def _ledger_ddl(db: Database) -> tuple[str, str]:
     """The ledger's tables as the mirror defines them, for a staging file."""
     return table_sql(db, "points_ledger"), table_sql(db, "points_ledger_digest")
+
+
+def _states_ddl(db: Database) -> str:
+    """``customer_state`` as the mirror defines it: a copy into it needs the same schema
+    to skip decoding records."""
+    return table_sql(db, "customer_state")
 
 
 def _create(stage: Path, *ddl: str) -> None:
@@ -128,9 +142,22 @@ class _Entries:
     view: LedgerRows | None
 
 
-def _stage_range(stage: Path, entries: _Entries, kind: str, lo: int, hi: int) -> _Staged:
-    """In a child: ledger entries lo:hi, and their digest parts, into ``stage``."""
+@dataclass(frozen=True)
+class _States:
+    """The states a child stages before its ledger range, stamped ``computed_at``."""
+
+    states: Sequence[CustomerState]
+    computed_at: str
+
+
+def _stage_range(stage: Path, entries: _Entries, kind: str, lo: int, hi: int,
+                 states: _States | None = None) -> _Staged:
+    """In a child: the states (if given), then ledger entries lo:hi and their digest
+    parts, into ``stage``."""
     with _scratch(stage) as conn:
+        if states is not None:
+            for columns in state_columns(states.states, states.computed_at):
+                insert_columns(conn, state_insert(), columns)
         write_ledger(conn, entries.ledger, entries.view, kind, lo, hi)
     return _Staged("full", hi - lo)
 
@@ -160,10 +187,11 @@ def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
 class _LedgerStage:
     """The points ledger's staging: its child, its file, and the parent's own share.
 
-    ``start`` forks the child, which works while the parent writes the states;
-    ``parent_share`` says which entries the parent then writes itself (waiting, on a
-    stored ledger, for the delta child's verdict); ``staged`` waits for the child;
-    ``close`` stops it and removes the file.
+    ``start`` forks the child: with nothing stored, it stages the states and the end
+    of the ledger (``stages_states``); else it compares the ledger with the stored one
+    while the parent writes the states.  ``parent_share`` says which entries the parent
+    writes itself (waiting, on a stored ledger, for the delta child's verdict);
+    ``staged`` waits for the child; ``close`` stops it and removes the file.
     """
 
     SCHEMA = "ledger_stage"  # the file, once attached
@@ -177,6 +205,7 @@ class _LedgerStage:
         self._delta = False  # the child stages only what changed
         self._verdict: _Staged | None = None  # the delta child's, once read
         self._attached = False
+        self._states: _States | None = None  # staged by the first child, when set
 
     @property
     def entries(self) -> _Entries:
@@ -185,9 +214,16 @@ class _LedgerStage:
             raise RuntimeError("the ledger stage was never started")
         return self._entries
 
-    def start(self, ledger: Sequence[LedgerEntry], view: LedgerRows | None) -> None:
-        """Fork the child: writing the entries after the parent's share when nothing is
-        stored; else comparing with the stored ledger and writing what changed.
+    @property
+    def stages_states(self) -> bool:
+        """Whether the child stages the states (the parent then copies them in)."""
+        return self._states is not None
+
+    def start(self, ledger: Sequence[LedgerEntry], view: LedgerRows | None,
+              states: _States) -> None:
+        """Fork the child: writing the states and the entries after the parent's share
+        when nothing is stored; else comparing with the stored ledger and writing what
+        changed.
 
         The file is created and attached to the mirror's connection now, before the
         child runs: attaching reads a file's schema, which a child's write lock would
@@ -197,10 +233,13 @@ class _LedgerStage:
             raise RuntimeError("the ledger stage was started already")
         self._entries = entries = _Entries(ledger, view)
         self._delta = view is not None and self._holds_rows()
-        _create(self.file, *_ledger_ddl(self.mirror.db), *([_STALE_SQL] if self._delta else []))
+        ddl = [*_ledger_ddl(self.mirror.db), _STALE_SQL if self._delta
+               else _states_ddl(self.mirror.db)]
+        _create(self.file, *ddl)
         self.mirror.db.execute(f"attach database ? as {self.SCHEMA}", [str(self.file)])
         self._attached = True
         if view is None or not self._delta:
+            self._states = states
             self._child = self._fork_rest(entries)
             return
         stored = self.stored
@@ -251,12 +290,14 @@ class _LedgerStage:
 
     def _split(self) -> int:
         count = len(self.entries.ledger)
-        return min(part_boundary(int(count * PARENT_LEDGER_SHARE)), count)  # whole parts
+        share = PARENT_SHARE_BESIDE_STATES if self.stages_states else PARENT_LEDGER_SHARE
+        return min(part_boundary(int(count * share)), count)  # whole parts
 
     def _fork_rest(self, entries: _Entries) -> Forked[_Staged]:
         return start_forked(partial(_stage_range, self.file, entries, self.kind,
-                                    self._split(), len(entries.ledger)),
-                            "writing the points ledger")
+                                    self._split(), len(entries.ledger), self._states),
+                            "writing the states and points ledger" if self.stages_states
+                            else "writing the points ledger")
 
 
 def _remove(stage: Path) -> None:
@@ -266,10 +307,10 @@ def _remove(stage: Path) -> None:
 
 def store_staged(mirror: Mirror, path: Path, result: RulesResult, kind: str, as_of: datetime,
                  computed_at: str, stored: StoredLedger | None = None) -> None:
-    """Write the states while a child stages the ledger, then copy it in: one transaction."""
+    """Write beside a child that stages the rest, then copy it in: one transaction."""
     stage = _LedgerStage(mirror, path, kind, stored)
     try:
-        stage.start(result.ledger, result.ledger_view)
+        stage.start(result.ledger, result.ledger_view, _States(result.states, computed_at))
         _apply(mirror, result, kind, as_of, computed_at, stage)
     finally:
         stage.close()
@@ -277,22 +318,23 @@ def store_staged(mirror: Mirror, path: Path, result: RulesResult, kind: str, as_
 
 def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, computed_at: str,
            stage: _LedgerStage) -> None:
-    """The one transaction: states written here, beside the ledger child; then the
-    ledger.  The write lock is held from the first state row to the commit."""
+    """The one transaction: the states (here, or copied from the child's stage) and the
+    ledger.  The write lock is held from the first row to the commit."""
     db = mirror.db
     t0 = time.perf_counter()
     with db.atomic():
         clear_kind(db, "customer_state", kind)
-        for columns in state_columns(result.states, computed_at):
-            insert_columns(db.conn, state_insert(), columns)
+        if not stage.stages_states:
+            for columns in state_columns(result.states, computed_at):
+                insert_columns(db.conn, state_insert(), columns)
         t1 = time.perf_counter()
         staged = _apply_ledger(db, kind, stage, len(result.ledger))
         t2 = time.perf_counter()
         append_snapshot(db, result, kind, as_of, computed_at)
-    log.debug("stored: states %.1f s, ledger ready and copied in %.1f s more (%s), snapshot "
-              "and commit %.1f s", t1 - t0, t2 - t1,
-              ", ".join(f"{s.mode}: {s.rows:,} rows, {s.stale:,} stale" for s in staged),
-              time.perf_counter() - t2)
+    log.debug("stored: states %s, ledger ready and copied in %.1f s more (%s), snapshot "
+              "and commit %.1f s", "staged" if stage.stages_states else f"{t1 - t0:.1f} s",
+              t2 - t1, ", ".join(f"{s.mode}: {s.rows:,} rows, {s.stale:,} stale"
+                                 for s in staged), time.perf_counter() - t2)
 
 
 def _apply_ledger(db: Database, kind: str, stage: _LedgerStage, expected: int
@@ -310,10 +352,13 @@ def _apply_ledger(db: Database, kind: str, stage: _LedgerStage, expected: int
     done = stage.staged()
     copying = time.perf_counter()
     staged.append(done)
+    if stage.stages_states:  # into the emptied table: records copied without a search
+        db.execute(f"insert into main.customer_state select * from "
+                   f"{stage.SCHEMA}.customer_state")
     _apply_rows(db, kind, stage.SCHEMA, done, expected)
     db.execute(f"insert into main.points_ledger_digest select * from "
                f"{stage.SCHEMA}.points_ledger_digest")
-    # which of parent and child is the long pole: what PARENT_LEDGER_SHARE balances
+    # which of parent and child is the long pole: what the parent's shares balance
     log.debug("ledger: waited %.1f s for the child, copied its %s stage in %.1f s",
               copying - waiting, done.mode, time.perf_counter() - copying)
     if share is not None and sum(s.rows for s in staged) != expected:

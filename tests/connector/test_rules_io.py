@@ -425,6 +425,7 @@ def test_the_parent_writes_its_share_of_the_ledger_while_the_child_writes_the_re
     assert written_before_done == [True]
     message = next(r.getMessage() for r in caplog.records if "ledger ready" in r.getMessage())
     assert "direct: " in message and "full: " in message, message
+    assert "states staged" in message, message  # the child staged them: nothing stored yet
     monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
     serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
     run_rules(serial, RulesConfig(), as_of=AS_OF)
