@@ -94,6 +94,7 @@ class _Staged:
     mode: Literal["full", "delta", "rewrite", "direct"]
     rows: int
     stale: int = 0
+    seconds: float = 0.0  # the child's own time: against the parent's, what the shares balance
 
 
 def _ledger_ddl(db: Database) -> tuple[str, str]:
@@ -154,12 +155,13 @@ def _stage_range(stage: Path, entries: _Entries, kind: str, lo: int, hi: int,
                  states: _States | None = None) -> _Staged:
     """In a child: the states (if given), then ledger entries lo:hi and their digest
     parts, into ``stage``."""
+    started = time.perf_counter()
     with _scratch(stage) as conn:
         if states is not None:
             for columns in state_columns(states.states, states.computed_at):
                 insert_columns(conn, state_insert(), columns)
         write_ledger(conn, entries.ledger, entries.view, kind, lo, hi)
-    return _Staged("full", hi - lo)
+    return _Staged("full", hi - lo, seconds=time.perf_counter() - started)
 
 
 def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
@@ -359,8 +361,9 @@ def _apply_ledger(db: Database, kind: str, stage: _LedgerStage, expected: int
     db.execute(f"insert into main.points_ledger_digest select * from "
                f"{stage.SCHEMA}.points_ledger_digest")
     # which of parent and child is the long pole: what the parent's shares balance
-    log.debug("ledger: waited %.1f s for the child, copied its %s stage in %.1f s",
-              copying - waiting, done.mode, time.perf_counter() - copying)
+    log.debug("ledger: waited %.1f s for the child (its stage took %.1f s), copied its %s "
+              "stage in %.1f s", copying - waiting, done.seconds, done.mode,
+              time.perf_counter() - copying)
     if share is not None and sum(s.rows for s in staged) != expected:
         raise MirrorError(f"staged {sum(s.rows for s in staged):,} ledger rows of "
                           f"{expected:,}; nothing was stored")
