@@ -41,7 +41,10 @@ DIGEST_INSERT = "insert into points_ledger_digest values (?, ?, ?, ?)"  # kind, 
 
 IntArray = npt.NDArray[np.int64]
 MAGIC = b"CRMLDG02"
-PART_ROWS = 1 << 20  # ledger rows per BLOB: at most ~35 MB, far below SQLite's 1 GB limit
+# Ledger rows per BLOB (a few MB each).  Parts are also where the staged store may split
+# the ledger between its two writers, so they are small enough to balance the two well;
+# any size reads back, since the parts are simply concatenated in order.
+PART_ROWS = 1 << 18
 
 
 @dataclass(frozen=True)

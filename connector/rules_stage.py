@@ -79,7 +79,7 @@ DELTA_MAX_SHARE = 0.3
 # customers): its rows go straight into the mirror, with no copy.
 PARENT_LEDGER_SHARE = 0.3
 # The same when the child stages the states first (~10 s of its time at a million).
-PARENT_SHARE_BESIDE_STATES = 0.65
+PARENT_SHARE_BESIDE_STATES = 0.675
 _CHUNK = 20_000
 _STALE_SQL = ("create table ledger_stale (customer_id integer not null, "
               "fingerprint integer not null)")

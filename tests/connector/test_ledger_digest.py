@@ -55,6 +55,20 @@ def test_the_digest_equals_a_scan_of_the_stored_rows(
     same(digest, _scan_numbers(mirror.db, "contact"))
 
 
+def test_a_digest_written_in_parts_of_another_size_reads_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a mirror stored by a version with smaller parts, read by one with bigger ones
+    monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
+    monkeypatch.setattr(ledger_digest, "PART_ROWS", 64)
+    mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)
+    monkeypatch.setattr(ledger_digest, "PART_ROWS", 1 << 20)
+    parts = mirror.db.execute("select count(*) from points_ledger_digest").fetchone()[0]
+    digest = read_digest(mirror.db, "contact")
+    assert parts > 2 and digest is not None
+    same(digest, _scan_numbers(mirror.db, "contact"))
+
+
 def test_a_digest_that_does_not_fit_the_rows_is_ignored(tmp_path: Path) -> None:
     mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
