@@ -34,17 +34,17 @@ from sqlite_utils import Database
 from connector.int_codec import decode_ints, encode_ints
 from rules.ledger_rows import EARN, EXTRA, LedgerRows, fingerprints
 
-__all__ = ["DIGEST_INSERT", "PART_ROWS", "Digest", "digest_parts", "part_boundary",
+__all__ = ["DIGEST_INSERT", "PART_ROWS", "Digest", "digest_parts",
            "read_digest"]
 
 DIGEST_INSERT = "insert into points_ledger_digest values (?, ?, ?, ?)"  # kind, part, n, blob
 
 IntArray = npt.NDArray[np.int64]
 MAGIC = b"CRMLDG02"
-# Ledger rows per BLOB (a few MB each).  Parts are also where the staged store may split
-# the ledger between its two writers, so they are small enough to balance the two well;
-# any size reads back, since the parts are simply concatenated in order.
-PART_ROWS = 1 << 18
+# Ledger rows per BLOB (about a MB each).  Parts are also what the staged store's two
+# writers claim one at a time (connector.part_claims), so they are small: the two then
+# finish within ~0.5 s of each other.  Any size reads back: parts are concatenated.
+PART_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -114,11 +114,6 @@ def _part_arrays(view: LedgerRows, lo: int, hi: int, prints: IntArray | None
                                   np.array([e.points for e in extra_earns], np.int64)))
     prints = fingerprints(view, at) if prints is None else prints
     return customers, prints, earn_customers, earn_deals, earn_points
-
-
-def part_boundary(row: int) -> int:
-    """The part boundary nearest to ``row`` (where a range may be split between writers)."""
-    return round(row / PART_ROWS) * PART_ROWS
 
 
 def read_digest(db: Database, kind: str) -> Digest | None:

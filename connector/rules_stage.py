@@ -5,13 +5,14 @@ file mirror one forked child (:mod:`connector.parallel`) writes rows into a priv
 staging file (mode 0600, journal off: scratch that a crash only loses) while the parent,
 in the one transaction, writes into the mirror:
 
-* with no stored ledger of this customer kind, the child stages the states and then the
-  ledger entries after the first ``PARENT_SHARE_BESIDE_STATES``, while the parent writes
-  those first entries straight into the mirror (they need no copy);
+* with no stored ledger of this customer kind, the child stages the states, then ledger
+  parts (``PART_ROWS`` entries each) taken from the end, while the parent writes parts
+  taken from the start straight into the mirror (they need no copy), until the two
+  meet (:mod:`connector.part_claims`: they finish together whatever the host's speed);
 * otherwise the parent writes the states while the child compares the new ledger with
   the stored one (:mod:`connector.ledger_delta`) and stages only what changed — or
-  nothing, when most of it changed; the ledger is then rewritten in full, the child
-  staging the entries after the first ``PARENT_LEDGER_SHARE``.
+  nothing, when most of it changed; the ledger is then rewritten in full, by parts as
+  above, without the states.
 
 Then the parent copies the staged rows in (delete stale rows, upsert the rest) and
 appends the snapshot.  ``INSERT … SELECT`` from an attached stage copies records
@@ -46,12 +47,14 @@ import numpy as np
 import numpy.typing as npt
 from sqlite_utils import Database
 
+from connector import ledger_digest
 from connector.bulk_insert import insert_columns
 from connector.errors import MirrorError
 from connector.ledger_delta import ledger_delta
-from connector.ledger_digest import DIGEST_INSERT, digest_parts, part_boundary
+from connector.ledger_digest import DIGEST_INSERT, digest_parts
 from connector.mirror import Mirror, table_sql
 from connector.parallel import Forked, start_forked
+from connector.part_claims import PartClaims
 from connector.rules_rows import (
     NULL,
     append_snapshot,
@@ -66,20 +69,13 @@ from connector.stored_ledger import StoredLedger
 from rules.ledger_rows import LedgerRows
 from rules.models import CustomerState, LedgerEntry, RulesResult
 
-__all__ = ["DELTA_MAX_SHARE", "PARENT_LEDGER_SHARE", "PARENT_SHARE_BESIDE_STATES",
-           "store_staged"]
+__all__ = ["DELTA_MAX_SHARE", "store_staged"]
 
 log = logging.getLogger("crm_retention.rules")
 IntArray = npt.NDArray[np.int64]
 
 # Past this share of changed entries, rewriting the ledger beats upserting row by row.
 DELTA_MAX_SHARE = 0.3
-# Of a full rewrite, the share of entries the parent writes itself after the states, so
-# that it and the child finish together (states ~7 s, ledger ~19 s of CPU at a million
-# customers): its rows go straight into the mirror, with no copy.
-PARENT_LEDGER_SHARE = 0.3
-# The same when the child stages the states first (~10 s of its time at a million).
-PARENT_SHARE_BESIDE_STATES = 0.675
 _CHUNK = 20_000
 _STALE_SQL = ("create table ledger_stale (customer_id integer not null, "
               "fingerprint integer not null)")
@@ -94,7 +90,7 @@ class _Staged:
     mode: Literal["full", "delta", "rewrite", "direct"]
     rows: int
     stale: int = 0
-    seconds: float = 0.0  # the child's own time: against the parent's, what the shares balance
+    seconds: float = 0.0  # the child's own time, against the parent's
 
 
 def _ledger_ddl(db: Database) -> tuple[str, str]:
@@ -151,17 +147,26 @@ class _States:
     computed_at: str
 
 
-def _stage_range(stage: Path, entries: _Entries, kind: str, lo: int, hi: int,
-                 states: _States | None = None) -> _Staged:
-    """In a child: the states (if given), then ledger entries lo:hi and their digest
-    parts, into ``stage``."""
-    started = time.perf_counter()
+def _part_range(part: int, count: int) -> tuple[int, int]:
+    """The entries (lo, hi) of ledger part ``part`` (the digest's parts)."""
+    size = ledger_digest.PART_ROWS
+    return part * size, min((part + 1) * size, count)
+
+
+def _stage_claimed(stage: Path, entries: _Entries, kind: str, claims: PartClaims,
+                   states: _States | None = None) -> _Staged:
+    """In a child: the states (if given), then ledger parts claimed from the end, each
+    with its digest part, into ``stage``."""
+    started, rows = time.perf_counter(), 0
     with _scratch(stage) as conn:
         if states is not None:
             for columns in state_columns(states.states, states.computed_at):
                 insert_columns(conn, state_insert(), columns)
-        write_ledger(conn, entries.ledger, entries.view, kind, lo, hi)
-    return _Staged("full", hi - lo, seconds=time.perf_counter() - started)
+        while (part := claims.back()) is not None:
+            lo, hi = _part_range(part, len(entries.ledger))
+            write_ledger(conn, entries.ledger, entries.view, kind, lo, hi)
+            rows += hi - lo
+    return _Staged("full", rows, seconds=time.perf_counter() - started)
 
 
 def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
@@ -189,11 +194,12 @@ def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
 class _LedgerStage:
     """The points ledger's staging: its child, its file, and the parent's own share.
 
-    ``start`` forks the child: with nothing stored, it stages the states and the end
-    of the ledger (``stages_states``); else it compares the ledger with the stored one
-    while the parent writes the states.  ``parent_share`` says which entries the parent
-    writes itself (waiting, on a stored ledger, for the delta child's verdict);
-    ``staged`` waits for the child; ``close`` stops it and removes the file.
+    ``start`` forks the child: with nothing stored, it stages the states and ledger
+    parts from the end (``stages_states``); else it compares the ledger with the stored
+    one while the parent writes the states.  ``parent_parts`` gives the parts the
+    parent writes itself, claimed from the start (waiting, on a stored ledger, for the
+    delta child's verdict); ``staged`` waits for the child; ``close`` stops it and
+    removes the file.
     """
 
     SCHEMA = "ledger_stage"  # the file, once attached
@@ -208,6 +214,7 @@ class _LedgerStage:
         self._verdict: _Staged | None = None  # the delta child's, once read
         self._attached = False
         self._states: _States | None = None  # staged by the first child, when set
+        self._claims: PartClaims | None = None  # the ledger parts, once rewritten in full
 
     @property
     def entries(self) -> _Entries:
@@ -250,15 +257,20 @@ class _LedgerStage:
             partial(_stage_delta, self.file, self.path, view, self.kind, known),
             "comparing and writing the points ledger")
 
-    def parent_share(self) -> tuple[int, int] | None:
-        """The entries (lo, hi) the parent writes itself, when the ledger is rewritten in
-        full; None when the child stages only what changed."""
+    def parent_parts(self) -> Iterator[tuple[int, int]] | None:
+        """The entries (lo, hi) of each part the parent writes itself, claimed as it goes,
+        when the ledger is rewritten in full; None when the child stages only what
+        changed."""
         if self._delta and self._verdict is None:
             self._verdict = self._wait()
             if self._verdict.mode == "rewrite":  # it staged nothing: rewrite in full
                 self._delta = False
                 self._child = self._fork_rest(self.entries)
-        return None if self._delta else (0, self._split())
+        if self._delta:
+            return None
+        claims, count = self._claims, len(self.entries.ledger)
+        assert claims is not None  # made with the child that writes the rest
+        return (_part_range(part, count) for part in iter(claims.front, None))
 
     def staged(self) -> _Staged:
         """What the stage holds, once the child is done (after ``parent_share``, which
@@ -277,6 +289,9 @@ class _LedgerStage:
         if self._attached:
             self.mirror.db.execute(f"detach database {self.SCHEMA}")
             self._attached = False
+        if self._claims is not None:
+            self._claims.close()
+            self._claims = None
         _remove(self.file)
 
     def _wait(self) -> _Staged:
@@ -290,14 +305,11 @@ class _LedgerStage:
         return self.mirror.db.execute("select 1 from points_ledger where customer_kind = ? "
                                       "limit 1", [self.kind]).fetchone() is not None
 
-    def _split(self) -> int:
-        count = len(self.entries.ledger)
-        share = PARENT_SHARE_BESIDE_STATES if self.stages_states else PARENT_LEDGER_SHARE
-        return min(part_boundary(int(count * share)), count)  # whole parts
-
     def _fork_rest(self, entries: _Entries) -> Forked[_Staged]:
-        return start_forked(partial(_stage_range, self.file, entries, self.kind,
-                                    self._split(), len(entries.ledger), self._states),
+        parts = -(-len(entries.ledger) // ledger_digest.PART_ROWS)
+        self._claims = PartClaims(parts)  # before the fork: both processes share it
+        return start_forked(partial(_stage_claimed, self.file, entries, self.kind,
+                                    self._claims, self._states),
                             "writing the states and points ledger" if self.stages_states
                             else "writing the points ledger")
 
@@ -341,15 +353,18 @@ def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, comp
 
 def _apply_ledger(db: Database, kind: str, stage: _LedgerStage, expected: int
                   ) -> list[_Staged]:
-    """The parent's own share of a full rewrite, then the child's stage; the digest
+    """The parent's own parts of a full rewrite, then the child's stage; the digest
     rewritten with them (it describes exactly the rows stored)."""
     db.execute("delete from points_ledger_digest where customer_kind = ?", [kind])
-    share = stage.parent_share()
+    parts = stage.parent_parts()
     staged: list[_Staged] = []
-    if share is not None:
+    if parts is not None:
         clear_kind(db, "points_ledger", kind)
-        write_ledger(db.conn, stage.entries.ledger, stage.entries.view, kind, *share)
-        staged.append(_Staged("direct", share[1] - share[0]))  # beside the child, no copy
+        rows = 0
+        for lo, hi in parts:  # beside the child, straight into the mirror: no copy
+            write_ledger(db.conn, stage.entries.ledger, stage.entries.view, kind, lo, hi)
+            rows += hi - lo
+        staged.append(_Staged("direct", rows))
     waiting = time.perf_counter()
     done = stage.staged()
     copying = time.perf_counter()
@@ -364,7 +379,7 @@ def _apply_ledger(db: Database, kind: str, stage: _LedgerStage, expected: int
     log.debug("ledger: waited %.1f s for the child (its stage took %.1f s), copied its %s "
               "stage in %.1f s", copying - waiting, done.seconds, done.mode,
               time.perf_counter() - copying)
-    if share is not None and sum(s.rows for s in staged) != expected:
+    if parts is not None and sum(s.rows for s in staged) != expected:
         raise MirrorError(f"staged {sum(s.rows for s in staged):,} ledger rows of "
                           f"{expected:,}; nothing was stored")
     return staged
