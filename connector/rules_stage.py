@@ -9,10 +9,11 @@ in the one transaction, writes into the mirror:
   parts (``PART_ROWS`` entries each) taken from the end, while the parent writes parts
   taken from the start straight into the mirror (they need no copy), until the two
   meet (:mod:`connector.part_claims`: they finish together whatever the host's speed);
-* otherwise the parent writes the states while the child compares the new ledger with
-  the stored one (:mod:`connector.ledger_delta`) and stages only what changed — or
-  nothing, when most of it changed; the ledger is then rewritten in full, by parts as
-  above, without the states.
+* otherwise the parent writes state parts taken from the start while the child compares
+  the new ledger with the stored one (:mod:`connector.ledger_delta`), stages only what
+  changed — or nothing, when most of it changed — and then helps with the states,
+  staging parts taken from the end.  When most of the ledger changed it is rewritten in
+  full, by parts as above.
 
 Then the parent copies the staged rows in (delete stale rows, upsert the rest) and
 appends the snapshot.  ``INSERT … SELECT`` from an attached stage copies records
@@ -35,7 +36,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,7 +51,7 @@ from sqlite_utils import Database
 from connector import ledger_digest
 from connector.bulk_insert import insert_columns
 from connector.errors import MirrorError
-from connector.ledger_delta import ledger_delta
+from connector.ledger_delta import LedgerDelta, ledger_delta
 from connector.ledger_digest import DIGEST_INSERT, digest_parts
 from connector.mirror import Mirror, table_sql
 from connector.parallel import Forked, start_forked
@@ -77,6 +78,7 @@ IntArray = npt.NDArray[np.int64]
 # Past this share of changed entries, rewriting the ledger beats upserting row by row.
 DELTA_MAX_SHARE = 0.3
 _CHUNK = 20_000
+_STATE_PART = 1 << 16  # states per claimed part, when parent and child share them
 _STALE_SQL = ("create table ledger_stale (customer_id integer not null, "
               "fingerprint integer not null)")
 
@@ -91,6 +93,7 @@ class _Staged:
     rows: int
     stale: int = 0
     seconds: float = 0.0  # the child's own time, against the parent's
+    states: int = 0  # states it staged (all of them, or the parts it claimed)
 
 
 def _ledger_ddl(db: Database) -> tuple[str, str]:
@@ -166,29 +169,52 @@ def _stage_claimed(stage: Path, entries: _Entries, kind: str, claims: PartClaims
             lo, hi = _part_range(part, len(entries.ledger))
             write_ledger(conn, entries.ledger, entries.view, kind, lo, hi)
             rows += hi - lo
-    return _Staged("full", rows, seconds=time.perf_counter() - started)
+    return _Staged("full", rows, seconds=time.perf_counter() - started,
+                   states=len(states.states) if states is not None else 0)
+
+
+def _write_state_parts(conn: sqlite3.Connection, states: _States,
+                       claim: Callable[[], int | None]) -> int:
+    """State parts, as ``claim`` gives them out, into ``conn``; how many states."""
+    written = 0
+    while (part := claim()) is not None:
+        lo, hi = part * _STATE_PART, min((part + 1) * _STATE_PART, len(states.states))
+        for columns in state_columns(states.states, states.computed_at, lo, hi):
+            insert_columns(conn, state_insert(), columns)
+        written += hi - lo
+    return written
 
 
 def _stage_delta(stage: Path, mirror_path: Path, view: LedgerRows, kind: str,
-                 stored: tuple[IntArray, IntArray] | None) -> _Staged:
+                 stored: tuple[IntArray, IntArray] | None, states: _States,
+                 state_claims: PartClaims) -> _Staged:
     """In a child: compare with the stored ledger and stage the changes — or, when most
-    entries changed, stage nothing and say so (the ledger is then rewritten in full)."""
+    entries changed, stage nothing and say so (the ledger is then rewritten in full);
+    then stage state parts claimed from the end."""
+    started = time.perf_counter()
     reader = Database(sqlite3.connect(f"file:{mirror_path}?mode=ro", uri=True))
     try:
         delta = ledger_delta(view, reader, kind, stored)
     finally:
         reader.conn.close()
-    if len(delta.upsert) + len(delta.stale) > DELTA_MAX_SHARE * max(len(view), 1):
-        return _Staged("rewrite", len(delta.upsert), len(delta.stale))
+    rewrite = len(delta.upsert) + len(delta.stale) > DELTA_MAX_SHARE * max(len(view), 1)
     with _scratch(stage) as conn:
-        for lo in range(0, len(delta.upsert), _CHUNK):
-            chunk = delta.upsert[lo:lo + _CHUNK]
-            insert_columns(conn, ledger_insert(kind), ledger_column_list(
-                view.columns_at(chunk, NULL), delta.fingerprints[chunk].tolist()))
-        conn.executemany("insert into ledger_stale values (?, ?)", delta.stale)
-        conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
-                                         in digest_parts(view, 0, len(view), delta.fingerprints)))
-    return _Staged("delta", len(delta.upsert), len(delta.stale))
+        if not rewrite:
+            _write_delta(conn, view, kind, delta)
+        staged_states = _write_state_parts(conn, states, state_claims.back)
+    return _Staged("rewrite" if rewrite else "delta", len(delta.upsert), len(delta.stale),
+                   seconds=time.perf_counter() - started, states=staged_states)
+
+
+def _write_delta(conn: sqlite3.Connection, view: LedgerRows, kind: str,
+                 delta: LedgerDelta) -> None:
+    for lo in range(0, len(delta.upsert), _CHUNK):
+        chunk = delta.upsert[lo:lo + _CHUNK]
+        insert_columns(conn, ledger_insert(kind), ledger_column_list(
+            view.columns_at(chunk, NULL), delta.fingerprints[chunk].tolist()))
+    conn.executemany("insert into ledger_stale values (?, ?)", delta.stale)
+    conn.executemany(DIGEST_INSERT, ((kind, part, rows, blob) for part, rows, blob
+                                     in digest_parts(view, 0, len(view), delta.fingerprints)))
 
 
 class _LedgerStage:
@@ -196,10 +222,11 @@ class _LedgerStage:
 
     ``start`` forks the child: with nothing stored, it stages the states and ledger
     parts from the end (``stages_states``); else it compares the ledger with the stored
-    one while the parent writes the states.  ``parent_parts`` gives the parts the
-    parent writes itself, claimed from the start (waiting, on a stored ledger, for the
-    delta child's verdict); ``staged`` waits for the child; ``close`` stops it and
-    removes the file.
+    one, then stages state parts from the end while the parent writes those from the
+    start (``parent_state_parts``).  ``parent_parts`` gives the ledger parts the parent
+    writes itself, claimed from the start (waiting, on a stored ledger, for the delta
+    child's verdict); ``staged`` waits for the child; ``close`` stops it and removes the
+    file.
     """
 
     SCHEMA = "ledger_stage"  # the file, once attached
@@ -215,6 +242,7 @@ class _LedgerStage:
         self._attached = False
         self._states: _States | None = None  # staged by the first child, when set
         self._claims: PartClaims | None = None  # the ledger parts, once rewritten in full
+        self._state_claims: PartClaims | None = None  # the state parts, beside a delta
 
     @property
     def entries(self) -> _Entries:
@@ -242,8 +270,8 @@ class _LedgerStage:
             raise RuntimeError("the ledger stage was started already")
         self._entries = entries = _Entries(ledger, view)
         self._delta = view is not None and self._holds_rows()
-        ddl = [*_ledger_ddl(self.mirror.db), _STALE_SQL if self._delta
-               else _states_ddl(self.mirror.db)]
+        ddl = [*_ledger_ddl(self.mirror.db), _states_ddl(self.mirror.db),
+               *([_STALE_SQL] if self._delta else [])]
         _create(self.file, *ddl)
         self.mirror.db.execute(f"attach database ? as {self.SCHEMA}", [str(self.file)])
         self._attached = True
@@ -253,9 +281,19 @@ class _LedgerStage:
             return
         stored = self.stored
         known = (stored.customers, stored.fingerprints) if stored is not None else None
+        # before the fork: both processes share the claims
+        self._state_claims = PartClaims(-(-len(states.states) // _STATE_PART))
         self._child = start_forked(
-            partial(_stage_delta, self.file, self.path, view, self.kind, known),
+            partial(_stage_delta, self.file, self.path, view, self.kind, known, states,
+                    self._state_claims),
             "comparing and writing the points ledger")
+
+    def write_parent_states(self, conn: sqlite3.Connection, states: _States) -> int:
+        """Write the state parts the parent claims from the start, beside a delta child
+        (none when the child stages every state); how many states."""
+        if self._state_claims is None:
+            return 0
+        return _write_state_parts(conn, states, self._state_claims.front)
 
     def parent_parts(self) -> Iterator[tuple[int, int]] | None:
         """The entries (lo, hi) of each part the parent writes itself, claimed as it goes,
@@ -289,9 +327,10 @@ class _LedgerStage:
         if self._attached:
             self.mirror.db.execute(f"detach database {self.SCHEMA}")
             self._attached = False
-        if self._claims is not None:
-            self._claims.close()
-            self._claims = None
+        for claims in (self._claims, self._state_claims):
+            if claims is not None:
+                claims.close()
+        self._claims = self._state_claims = None
         _remove(self.file)
 
     def _wait(self) -> _Staged:
@@ -338,17 +377,18 @@ def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, comp
     t0 = time.perf_counter()
     with db.atomic():
         clear_kind(db, "customer_state", kind)
-        if not stage.stages_states:
-            for columns in state_columns(result.states, computed_at):
-                insert_columns(db.conn, state_insert(), columns)
+        written = stage.write_parent_states(db.conn, _States(result.states, computed_at))
         t1 = time.perf_counter()
         staged = _apply_ledger(db, kind, stage, len(result.ledger))
         t2 = time.perf_counter()
+        if written + sum(s.states for s in staged) != len(result.states):
+            raise MirrorError(f"wrote {written + sum(s.states for s in staged):,} states of "
+                              f"{len(result.states):,}; nothing was stored")
         append_snapshot(db, result, kind, as_of, computed_at)
-    log.debug("stored: states %s, ledger ready and copied in %.1f s more (%s), snapshot "
-              "and commit %.1f s", "staged" if stage.stages_states else f"{t1 - t0:.1f} s",
-              t2 - t1, ", ".join(f"{s.mode}: {s.rows:,} rows, {s.stale:,} stale"
-                                 for s in staged), time.perf_counter() - t2)
+    log.debug("stored: %s states here in %.1f s, ledger ready and copied in %.1f s more "
+              "(%s), snapshot and commit %.1f s", f"{written:,}", t1 - t0, t2 - t1,
+              ", ".join(f"{s.mode}: {s.rows:,} rows, {s.stale:,} stale, {s.states:,} states"
+                        for s in staged), time.perf_counter() - t2)
 
 
 def _apply_ledger(db: Database, kind: str, stage: _LedgerStage, expected: int
@@ -369,9 +409,9 @@ def _apply_ledger(db: Database, kind: str, stage: _LedgerStage, expected: int
     done = stage.staged()
     copying = time.perf_counter()
     staged.append(done)
-    if stage.stages_states:  # into the emptied table: records copied without a search
-        db.execute(f"insert into main.customer_state select * from "
-                   f"{stage.SCHEMA}.customer_state")
+    # the child's states; into an emptied table (all of them, on a first run) SQLite
+    # copies the records without searching the b-tree
+    db.execute(f"insert into main.customer_state select * from {stage.SCHEMA}.customer_state")
     _apply_rows(db, kind, stage.SCHEMA, done, expected)
     db.execute(f"insert into main.points_ledger_digest select * from "
                f"{stage.SCHEMA}.points_ledger_digest")

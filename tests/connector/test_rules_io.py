@@ -433,10 +433,39 @@ def test_the_parent_writes_its_share_of_the_ledger_while_the_child_writes_the_re
     assert len(written_before_done) > 1 and all(written_before_done)  # parts, claimed
     message = next(r.getMessage() for r in caplog.records if "ledger ready" in r.getMessage())
     assert "direct: " in message and "full: " in message, message
-    assert "states staged" in message, message  # the child staged them: nothing stored yet
+    assert "0 states here" in message, message  # the child staged them: nothing stored yet
     monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
     serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
     run_rules(serial, RulesConfig(), as_of=AS_OF)
+    assert stored(mirror) == stored(serial)
+
+
+@pytest.mark.skipif(not can_fork(), reason="fork is not available here")
+def test_beside_a_delta_child_parent_and_child_share_the_states(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
+    monkeypatch.setattr(rules_stage, "_STATE_PART", 8)
+    mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
+    run_rules(mirror, RulesConfig(), as_of=AS_OF)  # a stored ledger: the next run is a delta
+    parent, real = os.getpid(), rules_stage.state_columns
+
+    def slow_in_parent(*args: Any) -> Iterator[list[list[Any]]]:
+        if os.getpid() == parent:
+            time.sleep(0.05)  # so the child, done with its delta, claims parts too
+        yield from real(*args)
+
+    monkeypatch.setattr(rules_stage, "state_columns", slow_in_parent)
+    caplog.set_level(logging.DEBUG, logger="crm_retention.rules")
+    run_rules(mirror, RulesConfig(), as_of=LATER)
+    message = next(r.getMessage() for r in caplog.records if "ledger ready" in r.getMessage())
+    here = int(message.split("stored: ")[1].split(" states here")[0].replace(",", ""))
+    staged = int(message.split("stale, ")[1].split(" states")[0].replace(",", ""))
+    assert "delta: " in message and here > 0 and staged > 0, message
+    monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
+    serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
+    run_rules(serial, RulesConfig(), as_of=AS_OF)
+    run_rules(serial, RulesConfig(), as_of=LATER)
     assert stored(mirror) == stored(serial)
 
 
