@@ -38,7 +38,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -87,7 +87,7 @@ _STALE_SQL = ("create table ledger_stale (customer_id integer not null, "
 class _Staged:
     """What a ledger child left in its stage: everything, or only what changed."""
 
-    # full: a range of the ledger; delta: only what changed; rewrite: too much changed,
+    # full: parts of the ledger; delta: only what changed; rewrite: too much changed,
     # nothing staged; direct: the parent's own range, written straight into the mirror
     mode: Literal["full", "delta", "rewrite", "direct"]
     rows: int
@@ -144,7 +144,8 @@ class _Entries:
 
 @dataclass(frozen=True)
 class _States:
-    """The states a child stages before its ledger range, stamped ``computed_at``."""
+    """The states to store (all staged by a first run's child, or shared by parts with
+    a delta child), stamped ``computed_at``."""
 
     states: Sequence[CustomerState]
     computed_at: str
@@ -258,9 +259,9 @@ class _LedgerStage:
 
     def start(self, ledger: Sequence[LedgerEntry], view: LedgerRows | None,
               states: _States) -> None:
-        """Fork the child: writing the states and the entries after the parent's share
-        when nothing is stored; else comparing with the stored ledger and writing what
-        changed.
+        """Fork the child: writing the states and ledger parts from the end when nothing
+        is stored; else comparing with the stored ledger, writing what changed and then
+        state parts from the end.
 
         The file is created and attached to the mirror's connection now, before the
         child runs: attaching reads a file's schema, which a child's write lock would
@@ -311,12 +312,16 @@ class _LedgerStage:
         return (_part_range(part, count) for part in iter(claims.front, None))
 
     def staged(self) -> _Staged:
-        """What the stage holds, once the child is done (after ``parent_share``, which
+        """What the stage holds, once the child is done (after ``parent_parts``, which
         reads the delta child's verdict)."""
         if not self._delta:
-            return self._wait()
+            done = self._wait()
+            if self._verdict is None:
+                return done
+            # rewritten after a delta child's verdict: the states it staged are there too
+            return replace(done, states=done.states + self._verdict.states)
         if self._verdict is None:
-            raise RuntimeError("parent_share comes first: it reads the verdict")
+            raise RuntimeError("parent_parts comes first: it reads the verdict")
         return self._verdict
 
     def close(self) -> None:

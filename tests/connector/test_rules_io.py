@@ -441,9 +441,10 @@ def test_the_parent_writes_its_share_of_the_ledger_while_the_child_writes_the_re
 
 
 @pytest.mark.skipif(not can_fork(), reason="fork is not available here")
+@pytest.mark.parametrize("rewrite", [False, True])
 def test_beside_a_delta_child_parent_and_child_share_the_states(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-        ) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        rewrite: bool) -> None:
     monkeypatch.setattr(rules_store, "PARALLEL_MIN_LEDGER_ROWS", 1)
     monkeypatch.setattr(rules_stage, "_STATE_PART", 8)
     mirror = many_buyers(Mirror.open(tmp_path / "m.db"))
@@ -457,15 +458,22 @@ def test_beside_a_delta_child_parent_and_child_share_the_states(
 
     monkeypatch.setattr(rules_stage, "state_columns", slow_in_parent)
     caplog.set_level(logging.DEBUG, logger="crm_retention.rules")
-    run_rules(mirror, RulesConfig(), as_of=LATER)
+    # renamed tiers change most entries: the delta child's verdict is then "rewrite", and
+    # a second child writes the ledger in full, after the states the first one staged
+    later = RulesConfig.model_validate({"loyalty": {"tiers": [
+        {"name": "Bronze", "min_purchases": 0, "cashback_percent": 3},
+        {"name": "Argent", "min_purchases": 2, "cashback_percent": 4}]}}) if rewrite \
+        else RulesConfig()
+    run_rules(mirror, later, as_of=LATER)
     message = next(r.getMessage() for r in caplog.records if "ledger ready" in r.getMessage())
     here = int(message.split("stored: ")[1].split(" states here")[0].replace(",", ""))
-    staged = int(message.split("stale, ")[1].split(" states")[0].replace(",", ""))
-    assert "delta: " in message and here > 0 and staged > 0, message
+    staged = int(message.split("stale, ")[-1].split(" states")[0].replace(",", ""))
+    assert ("full: " if rewrite else "delta: ") in message, message
+    assert here > 0 and staged > 0, message
     monkeypatch.setenv("CRM_RETENTION_NO_FORK", "1")
     serial = many_buyers(Mirror.open(tmp_path / "serial.db"))
     run_rules(serial, RulesConfig(), as_of=AS_OF)
-    run_rules(serial, RulesConfig(), as_of=LATER)
+    run_rules(serial, later, as_of=LATER)
     assert stored(mirror) == stored(serial)
 
 
