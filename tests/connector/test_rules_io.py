@@ -285,6 +285,12 @@ def test_the_column_reader_matches_the_record_reader(kind: str, on_disk: bool,
                 "expire:earn:deal:39"} <= keys
 
 
+# Tiers renamed and re-priced: most ledger entries change, so the ledger is rewritten.
+RENAMED_TIERS = RulesConfig.model_validate({"loyalty": {"tiers": [
+    {"name": "Bronze", "min_purchases": 0, "cashback_percent": 3},
+    {"name": "Argent", "min_purchases": 2, "cashback_percent": 4}]}})
+
+
 def stored(mirror: Mirror) -> list[list[dict[str, Any]]]:
     return [table(mirror, "customer_state", skip=("computed_at",)),
             table(mirror, "points_ledger"),
@@ -302,10 +308,7 @@ def three_runs(mirror: Mirror) -> list[list[list[dict[str, Any]]]]:
     seen.append(stored(mirror))
     run_rules(mirror, RulesConfig(), as_of=LATER)  # nothing changed: an empty delta
     seen.append(stored(mirror))
-    renamed = RulesConfig.model_validate({"loyalty": {"tiers": [
-        {"name": "Bronze", "min_purchases": 0, "cashback_percent": 3},
-        {"name": "Argent", "min_purchases": 2, "cashback_percent": 4}]}})
-    run_rules(mirror, renamed, as_of=LATER)  # most entries change: rewritten in full
+    run_rules(mirror, RENAMED_TIERS, as_of=LATER)  # most entries change: rewritten in full
     seen.append(stored(mirror))
     return seen
 
@@ -460,10 +463,7 @@ def test_beside_a_delta_child_parent_and_child_share_the_states(
     caplog.set_level(logging.DEBUG, logger="crm_retention.rules")
     # renamed tiers change most entries: the delta child's verdict is then "rewrite", and
     # a second child writes the ledger in full, after the states the first one staged
-    later = RulesConfig.model_validate({"loyalty": {"tiers": [
-        {"name": "Bronze", "min_purchases": 0, "cashback_percent": 3},
-        {"name": "Argent", "min_purchases": 2, "cashback_percent": 4}]}}) if rewrite \
-        else RulesConfig()
+    later = RENAMED_TIERS if rewrite else RulesConfig()
     run_rules(mirror, later, as_of=LATER)
     message = next(r.getMessage() for r in caplog.records if "ledger ready" in r.getMessage())
     here = int(message.split("stored: ")[1].split(" states here")[0].replace(",", ""))
