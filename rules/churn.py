@@ -20,7 +20,7 @@ import numpy as np
 from rules.config import ChurnConfig, FieldCondition, ModelConfig
 from rules.history import Aggregates, BoolArray, FloatArray, IntArray, PurchaseHistory
 from rules.lookup import index_in
-from rules.points import condition_matches, field_number, matching
+from rules.points import condition_matches, field_number
 
 __all__ = [
     "ChurnSignals",
@@ -146,11 +146,10 @@ def _feedback(history: PurchaseHistory, conditions: tuple[FieldCondition, ...]
     strength = np.zeros(len(history.customers))
     texts: dict[int, str] = {}
     for cond in conditions:
-        values = _field_values(history, cond.field, cond.entity)
-        for row in matching(cond, values):
-            if row not in texts:
+        for row, value in _field_values(history, cond.field, cond.entity).items():
+            if condition_matches(cond, value) and row not in texts:
                 strength[row] = 1.0
-                texts[row] = f"negative feedback: {cond.field} = {values[row]}"
+                texts[row] = f"negative feedback: {cond.field} = {value}"
     return strength, texts
 
 

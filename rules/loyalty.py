@@ -55,7 +55,6 @@ from rules.points import (
     birthday_mask,
     condition_matches,
     earn_points,
-    matching,
     tier_index,
 )
 
@@ -145,19 +144,20 @@ class _LedgerBuilder:
                               f"{self.h.customers.kind} mode")
             return []
         out = []
-        for row in sorted(matching(rule, self.h.customers.fields.get(rule.field, {}))):
-            record = int(self.ids[row])
-            key = f"bonus:{rule.field}:{rule.entity}:{record}"
-            at = self.prev_at.get(key, self.as_of)  # first seen; stable afterwards
-            entry = LedgerEntry(record, "bonus", None, rule.points, at, None,
-                                rule.reason, key)
-            out.append((row, Event(at.toordinal(), PHASE_RECORD, -1, SUB_BONUS, key,
-                                    rule.points, entry)))
+        for row, value in sorted(self.h.customers.fields.get(rule.field, {}).items()):
+            if condition_matches(rule, value):
+                record = int(self.ids[row])
+                key = f"bonus:{rule.field}:{rule.entity}:{record}"
+                at = self.prev_at.get(key, self.as_of)  # first seen; stable afterwards
+                entry = LedgerEntry(record, "bonus", None, rule.points, at, None,
+                                    rule.reason, key)
+                out.append((row, Event(at.toordinal(), PHASE_RECORD, -1, SUB_BONUS, key,
+                                        rule.points, entry)))
         return out
 
     def _deal_bonuses(self, rule: BonusRule, earns: _Earns) -> list[tuple[int, Event]]:
         values = self.h.deal_fields.get(rule.field, {})
-        matched = sorted(matching(rule, values))
+        matched = sorted(d for d, v in values.items() if condition_matches(rule, v))
         positions = self.purchase_positions(np.array(matched, dtype=np.int64))
         out = []
         for deal_id, pos in zip(matched, positions.tolist(), strict=True):

@@ -8,10 +8,10 @@ can never drift by a point.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -24,11 +24,8 @@ __all__ = [
     "condition_matches",
     "earn_points",
     "field_number",
-    "matching",
     "tier_index",
 ]
-
-K = TypeVar("K", bound=Hashable)
 
 EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
@@ -144,28 +141,6 @@ def field_number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def matching(cond: FieldCondition, values: Mapping[K, Any]) -> list[K]:
-    """The keys of ``values`` whose value satisfies ``cond``, in the mapping's order.
-
-    Each distinct value is judged once: a CRM field holds the same few values ("Y",
-    "4") over hundreds of thousands of records.  Values are told apart by type too, as
-    ``condition_matches`` does (1, 1.0 and True are equal keys of a dict).
-    """
-    verdicts: dict[tuple[type, Any], bool] = {}
-    found = []
-    for key, value in values.items():
-        try:
-            verdict = verdicts.get((type(value), value))
-        except TypeError:  # a list or object value: judged on its own
-            verdict = condition_matches(cond, value)
-        else:
-            if verdict is None:
-                verdict = verdicts[type(value), value] = condition_matches(cond, value)
-        if verdict:
-            found.append(key)
-    return found
 
 
 def condition_matches(cond: FieldCondition, value: Any) -> bool:
