@@ -224,7 +224,7 @@ class _LedgerStage:
     ``start`` forks the child: with nothing stored, it stages the states and ledger
     parts from the end (``stages_states``); else it compares the ledger with the stored
     one, then stages state parts from the end while the parent writes those from the
-    start (``parent_state_parts``).  ``parent_parts`` gives the ledger parts the parent
+    start (``write_parent_states``).  ``parent_parts`` gives the ledger parts the parent
     writes itself, claimed from the start (waiting, on a stored ledger, for the delta
     child's verdict); ``staged`` waits for the child; ``close`` stops it and removes the
     file.
@@ -367,14 +367,15 @@ def store_staged(mirror: Mirror, path: Path, result: RulesResult, kind: str, as_
                  computed_at: str, stored: StoredLedger | None = None) -> None:
     """Write beside a child that stages the rest, then copy it in: one transaction."""
     stage = _LedgerStage(mirror, path, kind, stored)
+    states = _States(result.states, computed_at)
     try:
-        stage.start(result.ledger, result.ledger_view, _States(result.states, computed_at))
-        _apply(mirror, result, kind, as_of, computed_at, stage)
+        stage.start(result.ledger, result.ledger_view, states)
+        _apply(mirror, result, kind, states, as_of, stage)
     finally:
         stage.close()
 
 
-def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, computed_at: str,
+def _apply(mirror: Mirror, result: RulesResult, kind: str, states: _States, as_of: datetime,
            stage: _LedgerStage) -> None:
     """The one transaction: the states (here, or copied from the child's stage) and the
     ledger.  The write lock is held from the first row to the commit."""
@@ -382,14 +383,14 @@ def _apply(mirror: Mirror, result: RulesResult, kind: str, as_of: datetime, comp
     t0 = time.perf_counter()
     with db.atomic():
         clear_kind(db, "customer_state", kind)
-        written = stage.write_parent_states(db.conn, _States(result.states, computed_at))
+        written = stage.write_parent_states(db.conn, states)
         t1 = time.perf_counter()
         staged = _apply_ledger(db, kind, stage, len(result.ledger))
         t2 = time.perf_counter()
         if written + sum(s.states for s in staged) != len(result.states):
             raise MirrorError(f"wrote {written + sum(s.states for s in staged):,} states of "
                               f"{len(result.states):,}; nothing was stored")
-        append_snapshot(db, result, kind, as_of, computed_at)
+        append_snapshot(db, result, kind, as_of, states.computed_at)
     log.debug("stored: %s states here in %.1f s, ledger ready and copied in %.1f s more "
               "(%s), snapshot and commit %.1f s", f"{written:,}", t1 - t0, t2 - t1,
               ", ".join(f"{s.mode}: {s.rows:,} rows, {s.stale:,} stale, {s.states:,} states"
