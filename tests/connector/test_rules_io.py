@@ -433,7 +433,9 @@ def test_the_parent_writes_its_share_of_the_ledger_while_the_child_writes_the_re
 
     monkeypatch.setattr(rules_rows, "ledger_columns", rows)
     run_rules(mirror, RulesConfig(), as_of=AS_OF)
-    assert len(written_before_done) > 1 and all(written_before_done)  # parts, claimed
+    # parts, claimed as it goes; the first while the child still held its transaction
+    # (later ones may follow the child's first part: how many is up to the timing)
+    assert len(written_before_done) > 1 and written_before_done[0]
     message = next(r.getMessage() for r in caplog.records if "ledger ready" in r.getMessage())
     assert "direct: " in message and "full: " in message, message
     assert "0 states here" in message, message  # the child staged them: nothing stored yet
