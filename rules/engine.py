@@ -250,7 +250,7 @@ def _columns(history: PurchaseHistory, config: RulesConfig, previous_ledger: Pre
              beside: RunBeside = in_a_thread) -> _Columns:
     agg = aggregate(history)
     # The model fit is numpy/scipy work; the ledger's lot walk is plain Python.  On a
-    # second core they overlap (the fit and its predictions take ~4.6 s at a million
+    # second core they overlap (the fit and its predictions take ~1.7 s at a million
     # customers).  Both are pure functions of the history: the result never depends on
     # the timing.
     fitting = beside(partial(fit_models, history, agg, config.model))

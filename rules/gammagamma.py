@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize
-from scipy.special import gammaln
+from scipy.special import digamma, gammaln
 
 __all__ = ["MIN_CUSTOMERS", "SHAPE_RANGE", "DegenerateFitError", "GammaGammaModel", "fit",
            "log_likelihood"]
@@ -118,18 +118,37 @@ def fit(frequency: Any, monetary_value: Any) -> GammaGammaModel:
 
 
 def _maximise(x: FloatArray, m: FloatArray) -> tuple[FloatArray, float, bool]:
-    """(log-parameters, −LL, converged): Nelder-Mead, then an L-BFGS-B polish."""
-    def objective(log_params: FloatArray) -> float:
-        value = -_loglik_terms(np.exp(log_params), x, m).sum()
-        return float(value) if np.isfinite(value) else 1e300
-
+    """(log-parameters, −LL, converged): L-BFGS-B on the analytic gradient, and a
+    derivative-free search where that fails."""
     start = np.log([1.0, 1.0, max(float(np.mean(m)), 1e-3)])
-    best = minimize(objective, start, method="Nelder-Mead",
-                    options={"xatol": 1e-9, "fatol": 1e-9, "maxiter": 6000})
-    polished = minimize(objective, best.x, method="L-BFGS-B")
-    result = polished if polished.fun <= best.fun else best
-    # Either search stopping on its own criterion means the optimum was reached.
-    return result.x, float(result.fun), bool(best.success or polished.success)
+    # A finite-difference or derivative-free search cost ~6 s at 100 k repeat buyers
+    # (thousands of likelihood evaluations); the gradient needs a few dozen.
+    result = minimize(_negative_ll_and_gradient, start, args=(x, m), jac=True,
+                      method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-7})
+    if result.success and np.isfinite(result.fun):
+        return result.x, float(result.fun), True
+    fallback = minimize(lambda log_params: _negative_ll_and_gradient(log_params, x, m)[0],
+                        result.x if np.all(np.isfinite(result.x)) else start,
+                        method="Nelder-Mead",
+                        options={"xatol": 1e-9, "fatol": 1e-9, "maxiter": 6000})
+    return fallback.x, float(fallback.fun), bool(fallback.success)
+
+
+def _negative_ll_and_gradient(log_params: FloatArray, x: FloatArray, m: FloatArray
+                              ) -> tuple[float, FloatArray]:
+    """−LL and its gradient in log-parameters (analytic: see ``_loglik_terms``)."""
+    p, q, g = np.exp(log_params)
+    value = -float(_loglik_terms(np.array([p, q, g]), x, m).sum())
+    if not np.isfinite(value):
+        return 1e300, np.zeros(3)
+    px = p * x
+    spent = np.log(g + m * x)
+    shared = digamma(px + q)
+    d_p = x * (shared - digamma(px) + np.log(m) + np.log(x) - spent)
+    d_q = shared - digamma(q) + np.log(g) - spent
+    d_g = q / g - (px + q) / (g + m * x)
+    grad = np.array([d_p.sum() * p, d_q.sum() * q, d_g.sum() * g])
+    return value, -grad
 
 
 def _implausible(model: GammaGammaModel, mean_spend: float) -> str | None:
