@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlite_utils import Database
 
@@ -43,7 +43,6 @@ from connector.stored_ledger import (
     load_previous_ledger,
     read_stored,
 )
-from rules.churn import ModelFit
 from rules.columns import DealColumns, RecordColumns, concat_deal_columns
 from rules.config import RulesConfig
 from rules.engine import Pending, RunBeside, compute_columns, in_a_thread
@@ -66,6 +65,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("crm_retention.rules")
+W = TypeVar("W")
 
 def _day(text: str | None) -> date | None:
     return date.fromisoformat(text[:10]) if text else None
@@ -199,18 +199,20 @@ def _load_all(mirror: Mirror, config: RulesConfig, kind: str) -> _Inputs:
     return _Inputs(contacts, deals, companies, stored)
 
 
-def _fit_beside() -> RunBeside:
-    """Fit the churn model in a forked child where fork works (else in a thread).
+def _beside_ledger() -> RunBeside:
+    """Run the model fit and the other numpy work in a forked child where fork works
+    (else in a thread) while the parent builds the ledger.
 
-    In a thread the fit shares the interpreter lock with the ledger build, and both slow
-    down; a child process has its own, and the fitted columns come back pickled.
+    In a thread that work shares the interpreter lock with the ledger build, and both
+    slow down; a child process has its own, and the columns come back pickled.
     """
     if not can_fork():
         return in_a_thread
 
-    def forked(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
-        # read early: the fit ends seconds before the ledger build, at its memory peak
-        return start_forked(fit, "fitting the churn model", read_early=True)
+    def forked(work: Callable[[], W]) -> Pending[W]:
+        # read early: the work ends seconds before the ledger build, at its memory peak
+        return start_forked(work, "computing the churn model and segments",
+                            read_early=True)
 
     return forked
 
@@ -254,7 +256,7 @@ def run_rules(mirror: Mirror, config: RulesConfig, *, as_of: datetime | None = N
         columns: list[Any] = [inputs.contacts, inputs.deals, inputs.companies]
         del inputs
         result = compute_columns(columns.pop(0), columns.pop(0), columns.pop(0), config,
-                                 as_of, stored.previous(mirror), beside=_fit_beside())
+                                 as_of, stored.previous(mirror), beside=_beside_ledger())
         computed = time.perf_counter()
         # The store needs only the stored rows' keys: free the earns and entries before
         # the store's children fork, when memory peaks.

@@ -37,7 +37,7 @@ from rules.history import (
     build_history,
 )
 from rules.loyalty import Ledger, build_ledger
-from rules.metrics import Snapshot, compute_metrics, default_period
+from rules.metrics import Snapshot, compute_metrics, default_period, with_snapshot
 from rules.models import (
     Company,
     Contact,
@@ -45,6 +45,7 @@ from rules.models import (
     CustomerState,
     Deal,
     LedgerEntry,
+    Metrics,
     RowSequence,
     RulesResult,
 )
@@ -230,42 +231,70 @@ class Pending(Protocol[T]):
         """The work's value (its exception, re-raised)."""
 
 
-RunBeside = Callable[[Callable[[], ModelFit]], Pending[ModelFit]]
-"""Starts the model fit beside the ledger build: a thread by default; a caller that can
-fork passes a process, so the fit does not share the ledger's interpreter lock."""
+W = TypeVar("W")
 
 
-def in_a_thread(fit: Callable[[], ModelFit]) -> Pending[ModelFit]:
+class RunBeside(Protocol):
+    """Starts work beside the ledger build: a thread by default; a caller that can fork
+    passes a process, so the work does not share the ledger's interpreter lock."""
+
+    def __call__(self, work: Callable[[], W]) -> Pending[W]:
+        """Start ``work``; its ``Pending`` gives the value."""
+
+
+def in_a_thread(work: Callable[[], W]) -> Pending[W]:
     """``RunBeside`` with a thread: the default, and the fallback where fork is missing."""
-    # The pool lives only as long as the fit: shut down without waiting, the future
+    # The pool lives only as long as the work: shut down without waiting, the future
     # itself is waited on by the caller.
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        return pool.submit(fit)
+        return pool.submit(work)
     finally:
         pool.shutdown(wait=False)
 
 
-def _columns(history: PurchaseHistory, config: RulesConfig, previous_ledger: PreviousLedger,
-             beside: RunBeside = in_a_thread) -> _Columns:
-    agg = aggregate(history)
-    # The model fit is numpy/scipy work; the ledger's lot walk is plain Python.  On a
-    # second core they overlap (the fit and its predictions take ~1.7 s at a million
-    # customers).  Both are pure functions of the history: the result never depends on
-    # the timing.
-    fitting = beside(partial(fit_models, history, agg, config.model))
-    ledger = build_ledger(history, config.loyalty, previous_ledger)
-    signals = churn_signals(history, agg, config.churn)
-    model = fitting.result()
-    return _Columns(
-        history=history, agg=agg,
+@dataclass(frozen=True, slots=True)
+class _BesideLedger:
+    """Every decision that does not need the ledger, computed while it is built."""
+
+    model: ModelFit
+    signals: ChurnSignals
+    lifecycle: IntArray
+    value: IntArray
+    rfm: RfmScores
+    metrics: Metrics  # the period's figures; the snapshot's are added afterwards
+
+
+def _beside_ledger(history: PurchaseHistory, agg: Aggregates, config: RulesConfig,
+                   period: tuple[date, date]) -> _BesideLedger:
+    """The model fit, churn signals, segments, RFM and period metrics: numpy and scipy
+    work, pure functions of the history, so running them elsewhere changes no result."""
+    return _BesideLedger(
+        model=fit_models(history, agg, config.model),
+        signals=churn_signals(history, agg, config.churn),
         lifecycle=lifecycle_codes(agg, history.as_of_day, config.lifecycle),
         value=value_codes(history, config.value),
         rfm=rfm_scores(history, config.rfm),
-        ledger=ledger, signals=signals, model=model,
-        # four decimals are all a manager reads; rounded once here, not per row
-        churn=np.round(_blend(signals, model, agg, config.model.churn_weight), 4),
+        metrics=compute_metrics(history, *period, config.metrics),
     )
+
+
+def _columns(history: PurchaseHistory, config: RulesConfig, previous_ledger: PreviousLedger,
+             period: tuple[date, date], beside: RunBeside = in_a_thread
+             ) -> tuple[_Columns, Metrics]:
+    """Every per-customer decision, and the period's metrics without the snapshot."""
+    agg = aggregate(history)
+    # The ledger's lot walk is plain Python; the rest is numpy/scipy work.  On a second
+    # core they overlap: at a million customers the rest takes ~5 s, the ledger ~9 s.
+    pending = beside(partial(_beside_ledger, history, agg, config, period))
+    ledger = build_ledger(history, config.loyalty, previous_ledger)
+    rest = pending.result()
+    return _Columns(
+        history=history, agg=agg, lifecycle=rest.lifecycle, value=rest.value, rfm=rest.rfm,
+        ledger=ledger, signals=rest.signals, model=rest.model,
+        # four decimals are all a manager reads; rounded once here, not per row
+        churn=np.round(_blend(rest.signals, rest.model, agg, config.model.churn_weight), 4),
+    ), rest.metrics
 
 
 def compute(contacts: Sequence[Contact], deals: Sequence[Deal], companies: Sequence[Company],
@@ -292,7 +321,8 @@ def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: Reco
 
     This is the entry point for readers that can produce columns themselves (the mirror
     reads SQLite straight into numpy), which keeps millions of deals cheap in memory.
-    ``beside`` starts the model fit while the ledger is built (see ``RunBeside``).
+    ``beside`` starts the model fit, churn signals, segments and metrics while the ledger
+    is built (see ``RunBeside``).
     """
     if as_of.tzinfo is None:
         raise ValueError("as_of must be timezone-aware")
@@ -301,10 +331,11 @@ def compute_columns(contacts: RecordColumns, deals: DealColumns, companies: Reco
     # The raw columns are not needed any more; when the caller passed them without
     # keeping a reference (rules_io does), this frees them before the ledger's peak.
     del contacts, deals, companies
-    cols = _columns(history, config, PreviousLedger.of(previous_ledger), beside)
-    start, end = period or default_period(date.fromordinal(history.as_of_day),
-                                          config.metrics.period_months)
-    metrics = compute_metrics(history, start, end, config.metrics, _snapshot(cols, config))
+    period = period or default_period(date.fromordinal(history.as_of_day),
+                                      config.metrics.period_months)
+    cols, metrics = _columns(history, config, PreviousLedger.of(previous_ledger), period,
+                             beside)
+    metrics = with_snapshot(metrics, _snapshot(cols, config))
     notes = (*history.notes, *cols.ledger.notes, *cols.model.notes)
     states = RowSequence(len(customers), _state_maker(cols, config),
                          _state_columns(cols, config))

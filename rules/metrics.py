@@ -9,7 +9,7 @@ being active at start (first-time buyers + win-backs).  With a period no longer 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 
 import numpy as np
@@ -18,7 +18,8 @@ from rules.config import MetricsConfig
 from rules.history import IntArray, PurchaseHistory
 from rules.models import CohortRow, Metrics
 
-__all__ = ["Snapshot", "cohort_matrix", "compute_metrics", "default_period", "month_index"]
+__all__ = ["Snapshot", "cohort_matrix", "compute_metrics", "default_period", "month_index",
+           "with_snapshot"]
 
 _EPOCH = date(1970, 1, 1).toordinal()
 
@@ -140,3 +141,13 @@ def compute_metrics(history: PurchaseHistory, period_start: date, period_end: da
         rfm_distribution=snap.rfm, tier_distribution=snap.tier,
         points_liability=snap.points_liability,
     )
+
+
+def with_snapshot(metrics: Metrics, snapshot: Snapshot) -> Metrics:
+    """``metrics`` with the snapshot's figures: what ``compute_metrics`` gives when
+    passed ``snapshot``, for a caller that computed the period's figures first."""
+    return replace(metrics, predicted_clv=snapshot.predicted_clv,
+                   lifecycle_distribution=snapshot.lifecycle,
+                   value_distribution=snapshot.value, rfm_distribution=snapshot.rfm,
+                   tier_distribution=snapshot.tier,
+                   points_liability=snapshot.points_liability)
