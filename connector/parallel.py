@@ -50,7 +50,7 @@ class Forked(Generic[T]):
         self._process = context.Process(target=_child_main, args=(task, sender), daemon=True)
         self._process.start()
         sender.close()  # only the child writes: EOF tells us it died without answering
-        self._payload = b""
+        self._payload: tuple[bytes, list[bytearray]] | None = None
         self._reader: threading.Thread | None = None
         if read_early:
             self._reader = threading.Thread(target=self._read_answer, daemon=True,
@@ -81,9 +81,9 @@ class Forked(Generic[T]):
         # os.read releases the interpreter lock: this thread waits without slowing the
         # parent, and does nothing else (it takes no lock a later fork could inherit)
         try:
-            self._payload = self._receiver.recv_bytes()
-        except (EOFError, OSError):
-            self._payload = b""
+            self._payload = _receive_answer(self._receiver)
+        except (EOFError, OSError, multiprocessing.BufferTooShort):
+            self._payload = None
         finally:
             self._receiver.close()
 
@@ -94,11 +94,12 @@ class Forked(Generic[T]):
         else:
             self._reader.join()
         self._process.join()
-        payload, self._payload = self._payload, b""
-        if not payload:
+        payload, self._payload = self._payload, None
+        if payload is None:
             code = self._process.exitcode
             return False, RuntimeError(f"the child process exited with code {code}")
-        ok, value = pickle.loads(payload)
+        header, buffers = payload
+        ok, value = pickle.loads(header, buffers=buffers)
         return ok, value
 
 
@@ -128,13 +129,45 @@ def _child_main(task: Callable[[], object], sender: multiprocessing.connection.C
     code = 0
     try:
         try:
-            payload = pickle.dumps((True, task()), protocol=pickle.HIGHEST_PROTOCOL)
+            header, buffers = _pickled((True, task()))
         except Exception as exc:
             code = 1
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             error: BaseException = exc if isinstance(exc, MirrorError) else RuntimeError(text)
-            payload = pickle.dumps((False, error))
-        sender.send_bytes(payload)
+            header, buffers = _pickled((False, error))
+        _send_answer(sender, header, buffers)
         sender.close()
     finally:
         os._exit(code)
+
+
+def _pickled(answer: object) -> tuple[bytes, list[memoryview]]:
+    """``answer`` pickled, its large contiguous arrays left out of band, uncopied.
+
+    An answer of a dozen million-row columns is ~200 MB: pickled in band it existed
+    twice in the child (arrays and bytes) and twice in the parent (bytes and arrays)
+    just when the parent's ledger build peaks.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(answer, protocol=5, buffer_callback=buffers.append)
+    return header, [buffer.raw() for buffer in buffers]
+
+
+def _send_answer(sender: multiprocessing.connection.Connection, header: bytes,
+                buffers: list[memoryview]) -> None:
+    """The header and each buffer's size as one message, then each buffer as one."""
+    sender.send_bytes(pickle.dumps((header, [len(buffer) for buffer in buffers])))
+    for buffer in buffers:
+        sender.send_bytes(buffer)
+
+
+def _receive_answer(receiver: multiprocessing.connection.Connection
+                   ) -> tuple[bytes, list[bytearray]]:
+    """What ``_send_answer`` sent: each buffer read straight into its own bytearray, so
+    the arrays unpickled on it are writable and never copied."""
+    header, sizes = pickle.loads(receiver.recv_bytes())
+    buffers = [bytearray(size) for size in sizes]
+    for buffer in buffers:
+        if receiver.recv_bytes_into(buffer) != len(buffer):
+            raise EOFError("a short buffer in the child's answer")
+    return header, buffers

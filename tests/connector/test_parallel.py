@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
+import numpy as np
 import pytest
 
 from connector.errors import MirrorError
@@ -19,6 +21,24 @@ def test_the_task_runs_in_another_process_and_its_result_comes_back() -> None:
     task = start_forked(lambda: (os.getpid(), list(range(5))), "a test task")
     child, values = task.result()
     assert child != parent and values == [0, 1, 2, 3, 4]
+
+
+@needs_fork
+@pytest.mark.parametrize("read_early", [False, True])
+def test_arrays_come_back_out_of_band_equal_and_writable(read_early: bool) -> None:
+    def columns() -> dict[str, Any]:
+        big = np.arange(300_000, dtype=np.int64)
+        return {"big": big, "empty": np.zeros(0), "strided": big[::3], "flags": big % 2 == 0,
+                "text": {7: "negative feedback"}}
+
+    answer = start_forked(columns, "arrays", read_early=read_early).result()
+    expected = columns()
+    for name in ("big", "empty", "strided", "flags"):
+        np.testing.assert_array_equal(answer[name], expected[name])
+        assert answer[name].dtype == expected[name].dtype
+        assert answer[name].flags.writeable  # the parent's code may update them in place
+    answer["big"][0] = -1
+    assert answer["text"] == {7: "negative feedback"}
 
 
 @needs_fork
@@ -88,3 +108,11 @@ def test_cancelling_an_early_read_task_stops_the_child_and_its_reader() -> None:
     assert time.monotonic() - started < 10.0
     with pytest.raises(MirrorError, match="a slow task failed"):
         task.result()
+
+
+def test_a_large_array_travels_beside_the_pickle_not_inside_it() -> None:
+    from connector.parallel import _pickled
+
+    header, buffers = _pickled((True, {"big": np.arange(300_000, dtype=np.int64)}))
+    assert len(header) < 1_000
+    assert [len(buffer) for buffer in buffers] == [300_000 * 8]
