@@ -21,11 +21,13 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from connector.errors import MirrorError
+from connector.heap import return_freed_memory
 
 __all__ = ["Forked", "can_fork", "start_forked"]
 
 T = TypeVar("T")
 _DISABLE_ENV = "CRM_RETENTION_NO_FORK"
+_TRIM_BYTES = 32 << 20  # freed between two trims: a trim costs a walk of the heap
 
 
 def can_fork() -> bool:
@@ -48,6 +50,8 @@ class Forked(Generic[T]):
         receiver, sender = context.Pipe(duplex=False)
         self._receiver = receiver
         self._process = context.Process(target=_child_main, args=(task, sender), daemon=True)
+        # dead heap pages shared with the child would be copied as the parent reuses them
+        return_freed_memory()
         self._process.start()
         sender.close()  # only the child writes: EOF tells us it died without answering
         self._payload: tuple[bytes, list[bytearray]] | None = None
@@ -135,6 +139,8 @@ def _child_main(task: Callable[[], object], sender: multiprocessing.connection.C
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             error: BaseException = exc if isinstance(exc, MirrorError) else RuntimeError(text)
             header, buffers = _pickled((False, error))
+        # the answer itself is gone: its arrays live on only in ``buffers``, and each is
+        # freed once sent
         _send_answer(sender, header, buffers)
         sender.close()
     finally:
@@ -154,20 +160,37 @@ def _pickled(answer: object) -> tuple[bytes, list[memoryview]]:
 
 
 def _send_answer(sender: multiprocessing.connection.Connection, header: bytes,
-                buffers: list[memoryview]) -> None:
-    """The header and each buffer's size as one message, then each buffer as one."""
+                 buffers: list[memoryview]) -> None:
+    """The header and each buffer's size as one message, then each buffer as one.
+
+    ``buffers`` is emptied on the way: each buffer is released once sent, and the
+    memory it held handed back to the system (:mod:`connector.heap`), so the
+    answer does not exist whole in both processes at once while the parent receives it
+    (at a million customers, ~180 MB at the recompute's memory peak).
+    """
     sender.send_bytes(pickle.dumps((header, [len(buffer) for buffer in buffers])))
-    for buffer in buffers:
+    freed = 0
+    while buffers:
+        buffer = buffers.pop(0)
         sender.send_bytes(buffer)
+        freed += len(buffer)
+        buffer.release()
+        del buffer
+        if freed >= _TRIM_BYTES or not buffers:
+            return_freed_memory()
+            freed = 0
 
 
 def _receive_answer(receiver: multiprocessing.connection.Connection
-                   ) -> tuple[bytes, list[bytearray]]:
+                    ) -> tuple[bytes, list[bytearray]]:
     """What ``_send_answer`` sent: each buffer read straight into its own bytearray, so
-    the arrays unpickled on it are writable and never copied."""
+    the arrays unpickled on it are writable and never copied.  Each bytearray is made
+    only when its buffer comes, as the child frees the one it sent."""
     header, sizes = pickle.loads(receiver.recv_bytes())
-    buffers = [bytearray(size) for size in sizes]
-    for buffer in buffers:
-        if receiver.recv_bytes_into(buffer) != len(buffer):
+    buffers = []
+    for size in sizes:
+        buffer = bytearray(size)
+        if receiver.recv_bytes_into(buffer) != size:
             raise EOFError("a short buffer in the child's answer")
+        buffers.append(buffer)
     return header, buffers

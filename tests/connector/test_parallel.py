@@ -116,3 +116,28 @@ def test_a_large_array_travels_beside_the_pickle_not_inside_it() -> None:
     header, buffers = _pickled((True, {"big": np.arange(300_000, dtype=np.int64)}))
     assert len(header) < 1_000
     assert [len(buffer) for buffer in buffers] == [300_000 * 8]
+
+
+def test_each_array_of_an_answer_is_freed_once_sent() -> None:
+    import multiprocessing
+    import threading
+    import weakref
+
+    from connector.parallel import _pickled, _receive_answer, _send_answer
+
+    arrays = [np.arange(200_000, dtype=np.int64) + k for k in range(3)]
+    alive = [weakref.ref(array) for array in arrays]
+    header, buffers = _pickled((True, arrays))
+    del arrays  # as in the child: the buffers hold the only references
+    assert all(ref() is not None for ref in alive)
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    received: list[Any] = []
+    reader = threading.Thread(target=lambda: received.append(_receive_answer(receiver)))
+    reader.start()
+    _send_answer(sender, header, buffers)
+    reader.join()
+    assert buffers == [] and all(ref() is None for ref in alive)
+    import pickle
+
+    ok, value = pickle.loads(received[0][0], buffers=received[0][1])
+    assert ok and [int(a[0]) for a in value] == [0, 1, 2] and len(value[2]) == 200_000
