@@ -124,6 +124,11 @@ class BgNbdModel:
         value = numerator / (1.0 + self._odds_dead(x, t_x, age))
         return _shape(value, frequency, recency, T)
 
+    # lifetimes' names for the same two methods, arguments in the same order, so code
+    # written against lifetimes' BetaGeoFitter reads the same here
+    conditional_probability_alive = p_alive
+    conditional_expected_number_of_purchases_up_to_time = expected_purchases
+
     def expected_purchases_new(self, t: float) -> float:
         """E[X(t)] for a customer just acquired — eq. 9."""
         r, alpha, a, b = self.r, self.alpha, self.a, self.b

@@ -72,6 +72,9 @@ class GammaGammaModel:
         value = self.p * (self.gamma + x * m) / (self.p * x + self.q - 1)
         return float(value) if np.ndim(frequency) == 0 else value
 
+    # lifetimes' name (GammaGammaFitter), arguments in the same order
+    conditional_expected_average_profit = expected_spend
+
     def clv(self, bgnbd_model: Any, frequency: Any, recency: Any, T: Any, monetary_value: Any,
             horizon: float, discount_rate: float = 0.0, steps: int = 12,
             periods_per_year: float = 365.0) -> Any:

@@ -114,3 +114,10 @@ def test_a_fit_that_did_not_converge_is_refused(cdnow, monkeypatch):
     monkeypatch.setattr(bgnbd, "minimize", stopped_early)
     with pytest.raises(bgnbd.DegenerateFitError, match="did not converge"):
         bgnbd.fit(*cdnow)
+
+
+def test_lifetimes_method_names_give_the_papers_values():
+    # BetaGeoFitter's names, same argument order: the customer of the paper's Figure 4
+    assert PAPER.conditional_probability_alive(2, 30.43, 38.86) == pytest.approx(0.7266, abs=1e-3)
+    assert PAPER.conditional_expected_number_of_purchases_up_to_time(
+        39, 2, 30.43, 38.86) == pytest.approx(1.2260, abs=1e-3)

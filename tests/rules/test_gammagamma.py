@@ -116,3 +116,9 @@ def test_a_failed_gradient_search_falls_back_to_nelder_mead(spend, monkeypatch):
     model = gammagamma.fit(x, m)
     assert model.p == pytest.approx(6.25, rel=5e-3)
     assert model.log_likelihood == pytest.approx(-4055.92, abs=0.1)
+
+
+def test_lifetimes_method_name_gives_the_notes_closed_form():
+    # GammaGammaFitter's name, same argument order
+    assert PAPER_SPEND.conditional_expected_average_profit(2, 22.35) == pytest.approx(
+        375.875 / 15.24)
