@@ -19,21 +19,20 @@ a process that recomputes on a schedule that is the point.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 __all__ = ["map_large_blocks", "return_freed_memory"]
 
 
 def _load_libc() -> ctypes.CDLL | None:
+    # The process's own symbols: CPython is linked against the C library, and this needs
+    # no search for its file (ctypes.util.find_library runs ldconfig in a subprocess).
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: musl, macOS, Windows
+        libc = ctypes.CDLL(None)
+        trim, options = libc.malloc_trim, libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc: musl, macOS, Windows
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    libc.mallopt.restype = ctypes.c_int
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    options.argtypes, options.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return libc
 
 
