@@ -462,6 +462,7 @@ def bench_recompute(customers: int, deals: int, seed: int, lock: bool,
             figures = run_child(["--child", str(path), *flags, *(["--phases"] if phases else [])])
             print(f"{label}: {figures['seconds']} s (host gauge {gauge:.2f} s); "
                   f"peak memory {figures['tree_pss_mb']} MiB "
+                  f"= {figures['tree_pss_mb'] * 2**20 / 1e9:.2f} GB "
                   f"(PSS of the recompute and its forked children; parent VmHWM "
                   f"{figures['vm_hwm_mb']} MiB, largest child RSS "
                   f"{figures['child_rss_mb']} MiB); {figures['states']:,} states, "
