@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +37,7 @@ print(before - rss_mb())
 
 @glibc
 def test_a_trim_returns_the_freed_pages_between_live_blocks() -> None:
-    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[2])
     out = subprocess.run([sys.executable, "-c", _FRAGMENTED.format(root=root)], check=True,
                          capture_output=True, text=True).stdout
     # ~375 MB were allocated and 90 % freed; the heap kept them until the trim

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pickle
+import threading
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -119,10 +123,6 @@ def test_a_large_array_travels_beside_the_pickle_not_inside_it() -> None:
 
 
 def test_each_array_of_an_answer_is_freed_once_sent() -> None:
-    import multiprocessing
-    import threading
-    import weakref
-
     from connector.parallel import _pickled, _receive_answer, _send_answer
 
     arrays = [np.arange(200_000, dtype=np.int64) + k for k in range(3)]
@@ -137,7 +137,5 @@ def test_each_array_of_an_answer_is_freed_once_sent() -> None:
     _send_answer(sender, header, buffers)
     reader.join()
     assert buffers == [] and all(ref() is None for ref in alive)
-    import pickle
-
     ok, value = pickle.loads(received[0][0], buffers=received[0][1])
     assert ok and [int(a[0]) for a in value] == [0, 1, 2] and len(value[2]) == 200_000
